@@ -1,0 +1,194 @@
+//! Command-line definitions. One `XxxOpts` per leaf command; every argument is
+//! documented (checked by `Cli::command().debug_assert()` in the tests).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "piha", version, about = "Build, stamp and flash Kubernetes appliance images for Raspberry Pi, arm64 and amd64 clusters")]
+#[command(help_expected = true, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented example cluster file and generate the cluster's secrets.
+    Init(InitOpts),
+    /// Replace the cluster's secrets (CAs, keys, token). Cards stamped before must be re-stamped.
+    RotateSecrets(RotateSecretsOpts),
+    /// Check a cluster file and report every problem at once.
+    Validate(ValidateOpts),
+    /// Write, for review, the files the agent will write on one node.
+    Render(RenderOpts),
+    /// Write one node's identity and secrets onto the PIHA-CFG partition of a card or image.
+    Stamp(StampOpts),
+    /// Build a flashable disk image for a board.
+    Build(BuildOpts),
+    /// Check every host tool piha needs and say how to install what is missing.
+    Doctor(DoctorOpts),
+    /// Read the agent's status.json from a card or image.
+    Status(StatusOpts),
+    /// Print shell completions.
+    Completions(CompletionsOpts),
+    /// Write man pages.
+    Man(ManOpts),
+}
+
+/// The cluster file and its secrets directory.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Cluster file.
+    #[arg(long, short = 'c', default_value = "cluster.yaml")]
+    pub cluster: PathBuf,
+    /// Secrets directory [default: `secrets/` beside the cluster file].
+    #[arg(long)]
+    pub secrets: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    pub fn secrets_dir(&self) -> PathBuf {
+        match &self.secrets {
+            Some(s) => s.clone(),
+            None => self.cluster.parent().map(|p| p.join("secrets")).unwrap_or_else(|| PathBuf::from("secrets")),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InitOpts {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateSecretsOpts {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Confirm that the old secrets are to be replaced.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateOpts {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Print the problems as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderOpts {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Node name from the cluster file.
+    #[arg(long, short = 'n')]
+    pub node: String,
+    /// Directory to write the node's files into (as paths under it, e.g. OUT/etc/hosts).
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StampOpts {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Node name from the cluster file.
+    #[arg(long, short = 'n')]
+    pub node: String,
+    /// Image file or block device holding a PIHA-CFG partition.
+    #[arg(required_unless_present = "partition_image", conflicts_with = "partition_image")]
+    pub target: Option<PathBuf>,
+    /// Instead of a card, write a bare PIHA-CFG FAT filesystem image to this file.
+    #[arg(long)]
+    pub partition_image: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Profile {
+    /// What users flash: real Kubernetes packages.
+    Production,
+    /// Adds the test-only overlay (recording kubeadm, power-off when the agent is done).
+    Test,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildOpts {
+    /// Board file name from `boards/`, e.g. amd64, rpi4, rpi5, arm64-uefi.
+    #[arg(long, short = 'b')]
+    pub board: String,
+    /// Cluster file [default: embedded defaults].
+    #[arg(long, short = 'c')]
+    pub cluster: Option<PathBuf>,
+    /// Distro file name from `distros/`; overrides the cluster file's distro.
+    #[arg(long, short = 'd')]
+    pub distro: Option<String>,
+    /// Output directory.
+    #[arg(long, short = 'o', default_value = "out")]
+    pub out: PathBuf,
+    /// Build profile.
+    #[arg(long, value_enum, default_value_t = Profile::Production)]
+    pub profile: Profile,
+    /// Kubernetes packages from this local directory of .debs instead of pkgs.k8s.io.
+    #[arg(long)]
+    pub k8s_bundle: Option<PathBuf>,
+    /// Debian/Ubuntu mirror URL [default: the distro file's, or the host's apt mirror for Debian].
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Cache directory for rootfs tarballs and .debs.
+    #[arg(long, env = "PIHA_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Build a fresh root filesystem even if a cached one matches.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorOpts {
+    /// Print the checks as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusOpts {
+    /// Image file or block device.
+    pub target: PathBuf,
+    /// Print the raw status.json.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsOpts {
+    /// Shell to generate completions for.
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManOpts {
+    /// Directory to write piha.1 and one page per subcommand into.
+    pub out: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn cli_is_consistent_and_documented() {
+        Cli::command().debug_assert();
+    }
+}

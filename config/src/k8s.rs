@@ -1,0 +1,1 @@
+//! Kubernetes versions piha knows how to install and configure.
