@@ -1,7 +1,54 @@
-//! (placeholder until implemented)
+//! `piha validate`, and the one entry point every command uses to load a
+//! cluster file: nothing is written anywhere unless the file is valid.
 
+use std::path::Path;
+
+use piha_config::cluster::ClusterFile;
+use piha_config::problem::Problems;
+
+use crate::catalog;
 use crate::cli::ValidateOpts;
 
-pub fn run(_opts: &ValidateOpts) -> anyhow::Result<()> {
-    anyhow::bail!("`piha validate` is not available yet")
+/// Loads and validates a cluster file. Warnings go to stderr; any error fails
+/// with every problem listed, before any work starts.
+pub fn load_cluster(path: &Path) -> anyhow::Result<ClusterFile> {
+    let (cluster, problems) = check(path)?;
+    for w in problems.0.iter().filter(|p| !p.is_error()) {
+        eprintln!("{w}");
+    }
+    match cluster {
+        Some(c) if !problems.has_errors() => Ok(c),
+        _ => Err(anyhow::anyhow!("{} is not valid; nothing was written:\n{problems}", path.display())),
+    }
+}
+
+/// Parses and validates; returns the parsed file (if it parsed) and every problem.
+pub fn check(path: &Path) -> anyhow::Result<(Option<ClusterFile>, Problems)> {
+    let catalog = catalog::catalog()?;
+    Ok(match ClusterFile::load(path) {
+        Ok(c) => {
+            let problems = piha_config::validate::cluster(path, &c, &catalog);
+            (Some(c), problems)
+        }
+        Err(problems) => (None, problems),
+    })
+}
+
+pub fn run(opts: &ValidateOpts) -> anyhow::Result<()> {
+    let path = &opts.cluster.cluster;
+    let (_, problems) = check(path)?;
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&problems.0)?);
+    } else {
+        for p in &problems.0 {
+            println!("{p}");
+        }
+    }
+    if problems.has_errors() {
+        anyhow::bail!("{}: {} error(s)", path.display(), problems.0.iter().filter(|p| p.is_error()).count());
+    }
+    if !opts.json {
+        println!("{}: ok", path.display());
+    }
+    Ok(())
 }

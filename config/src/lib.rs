@@ -9,4 +9,5 @@ pub mod node;
 pub mod problem;
 pub mod render;
 pub mod secrets;
+pub mod status;
 pub mod validate;

@@ -1,0 +1,76 @@
+//! `status.json` on PIHA-CFG: what the agent reached, so a failed node can be
+//! diagnosed by pulling its card (`piha status TARGET`). Written by the agent,
+//! read by the builder; one type for both.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::Role;
+
+/// The file name on PIHA-CFG.
+pub const STATUS_FILE: &str = "status.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// The agent is working through its steps (or was cut off while doing so).
+    Running,
+    /// A step failed; the next boot retries it.
+    Failed,
+    /// node.yaml is missing or invalid; nothing was applied.
+    InvalidConfig,
+    /// Every step is done; later boots only re-apply identity.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Running,
+    Ok,
+    Failed,
+    /// Already done on an earlier boot.
+    Skipped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub outcome: Outcome,
+    /// Unix seconds.
+    pub started: u64,
+    #[serde(default)]
+    pub finished: Option<u64>,
+    #[serde(default)]
+    pub wall_ms: Option<u64>,
+    #[serde(default)]
+    pub cpu_ms: Option<u64>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Tail of the failing command's stderr.
+    #[serde(default)]
+    pub stderr_tail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub schema: u32,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub role: Option<Role>,
+    pub phase: Phase,
+    /// Unix seconds of the last write.
+    pub updated: u64,
+    /// How many times the agent has started on this card.
+    pub boots: u32,
+    #[serde(default)]
+    pub steps: Vec<StepRecord>,
+    /// piha-agent, kernel, kubeadm, runtime versions as found on the node.
+    #[serde(default)]
+    pub versions: BTreeMap<String, String>,
+    /// The error that stopped the agent, if any.
+    #[serde(default)]
+    pub error: Option<String>,
+}
