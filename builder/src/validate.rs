@@ -5,6 +5,7 @@ use std::path::Path;
 
 use piha_config::cluster::ClusterFile;
 use piha_config::problem::Problems;
+use piha_config::validate::Catalog;
 
 use crate::catalog;
 use crate::cli::ValidateOpts;
@@ -25,13 +26,30 @@ pub fn load_cluster(path: &Path) -> anyhow::Result<ClusterFile> {
 /// Parses and validates; returns the parsed file (if it parsed) and every problem.
 pub fn check(path: &Path) -> anyhow::Result<(Option<ClusterFile>, Problems)> {
     let catalog = catalog::catalog()?;
-    Ok(match ClusterFile::load(path) {
+    Ok(checked(path, ClusterFile::load(path), &catalog))
+}
+
+/// Like `load_cluster`, for a file's text that is not on disk yet (the example
+/// `piha init` is about to write), reported as if it were at `path`.
+pub fn load_cluster_text(path: &Path, text: &str) -> anyhow::Result<ClusterFile> {
+    let catalog = catalog::catalog()?;
+    match checked(path, ClusterFile::parse(path, text), &catalog) {
+        (Some(c), problems) if !problems.has_errors() => Ok(c),
+        (_, problems) => Err(anyhow::anyhow!(
+            "{} would not be valid; nothing was written:\n{problems}",
+            path.display()
+        )),
+    }
+}
+
+fn checked(path: &Path, parsed: Result<ClusterFile, Problems>, catalog: &Catalog) -> (Option<ClusterFile>, Problems) {
+    match parsed {
         Ok(c) => {
-            let problems = piha_config::validate::cluster(path, &c, &catalog);
+            let problems = piha_config::validate::cluster(path, &c, catalog);
             (Some(c), problems)
         }
         Err(problems) => (None, problems),
-    })
+    }
 }
 
 pub fn run(opts: &ValidateOpts) -> anyhow::Result<()> {
@@ -45,7 +63,11 @@ pub fn run(opts: &ValidateOpts) -> anyhow::Result<()> {
         }
     }
     if problems.has_errors() {
-        anyhow::bail!("{}: {} error(s)", path.display(), problems.0.iter().filter(|p| p.is_error()).count());
+        anyhow::bail!(
+            "{}: {} error(s)",
+            path.display(),
+            problems.0.iter().filter(|p| p.is_error()).count()
+        );
     }
     if !opts.json {
         println!("{}: ok", path.display());

@@ -120,6 +120,7 @@ impl ProxyMode {
 pub enum KeyAlgorithm {
     /// kubeadm's default.
     #[default]
+    #[serde(rename = "rsa-2048")]
     Rsa2048,
     EcdsaP256,
 }
@@ -214,7 +215,10 @@ impl ClusterFile {
     /// Parses a cluster file. A YAML or schema error becomes one `Problem`
     /// naming the file and, where the parser knows it, the field and line.
     pub fn parse(file: &Path, text: &str) -> Result<ClusterFile, Problems> {
-        yaml_serde::from_str(text).map_err(|e| Problems(vec![Problem::error(file, "", yaml_error_message(&e), yaml_error_fix(&e))]))
+        yaml_serde::from_str(text).map_err(|e| {
+            let (path, message) = yaml_error_message(&e);
+            Problems(vec![Problem::error(file, path, message, yaml_error_fix(&e))])
+        })
     }
 
     /// Reads and parses a cluster file.
@@ -248,11 +252,19 @@ impl ClusterFile {
     }
 }
 
-fn yaml_error_message(e: &yaml_serde::Error) -> String {
-    let text = e.to_string();
-    match e.location() {
-        Some(loc) if !text.contains("line ") => format!("{text} at line {} column {}", loc.line(), loc.column()),
-        _ => text,
+/// The field path yaml_serde puts in front of its message (`nodes[2].ip: ...`),
+/// split off so it lands in `Problem::path`, and the message with its location.
+fn yaml_error_message(e: &yaml_serde::Error) -> (String, String) {
+    let mut text = e.to_string();
+    if let Some(loc) = e.location() {
+        if !text.contains("line ") {
+            text = format!("{text} at line {} column {}", loc.line(), loc.column());
+        }
+    }
+    let is_path = |head: &str| !head.is_empty() && head.chars().all(|ch| ch.is_ascii_alphanumeric() || "_-.[]".contains(ch));
+    match text.split_once(": ") {
+        Some((head, rest)) if is_path(head) => (head.to_string(), rest.to_string()),
+        _ => (String::new(), text),
     }
 }
 
@@ -264,6 +276,12 @@ fn yaml_error_fix(e: &yaml_serde::Error) -> String {
         "add the missing field; `piha init` writes a complete example".to_string()
     } else if text.contains("unknown variant") {
         "use one of the values listed".to_string()
+    } else if text.contains("IPv4 address syntax") {
+        "write a dotted-quad IPv4 address such as 192.168.50.11".to_string()
+    } else if text.contains("IP address syntax") {
+        "write an IPv4 network in CIDR form such as 10.244.0.0/16".to_string()
+    } else if text.contains("duplicate field") {
+        "keep only one of the two entries".to_string()
     } else {
         "correct the value so it matches the README's cluster file reference".to_string()
     }
