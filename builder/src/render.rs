@@ -1,7 +1,131 @@
-//! (placeholder until implemented)
+//! `piha render --cluster C --node N --out DIR`: writes, for review, exactly
+//! the files the agent will write on node N, at their node paths under DIR
+//! (`DIR/etc/hosts`, `DIR/etc/piha/kubeadm.yaml`, …). The agent calls the same
+//! renderers (`piha_config::render`) with the node.yaml from its card.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use piha_config::cluster::{ClusterFile, Role};
+use piha_config::node::{NetworkRenderer, NodeConfig};
+use piha_config::render::{self, JoinSecrets, RenderedFile};
 
 use crate::cli::RenderOpts;
+use crate::secrets_dir::Secrets;
+use crate::validate;
 
-pub fn run(_opts: &RenderOpts) -> anyhow::Result<()> {
-    anyhow::bail!("`piha render` is not available yet")
+/// Which network configuration a distro's userland uses: netplan on Ubuntu,
+/// systemd-networkd elsewhere (Debian).
+pub fn network_renderer_for(distro: &str) -> NetworkRenderer {
+    if distro.starts_with("ubuntu") {
+        NetworkRenderer::Netplan
+    } else {
+        NetworkRenderer::Networkd
+    }
+}
+
+/// The node.yaml `piha stamp` would write for `node`, or an error naming every node.
+pub fn node_config(cluster: &ClusterFile, cluster_path: &Path, node: &str) -> anyhow::Result<NodeConfig> {
+    if cluster.node(node).is_none() {
+        let known: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+        bail!(
+            "{}: there is no node named {node:?}; the nodes are: {}; nothing was written",
+            cluster_path.display(),
+            known.join(", ")
+        );
+    }
+    NodeConfig::for_node(cluster, node, network_renderer_for(&cluster.distro)).with_context(|| {
+        format!(
+            "{}: cannot build node.yaml for {node} (is the cluster file valid?)",
+            cluster_path.display()
+        )
+    })
+}
+
+pub fn run(opts: &RenderOpts) -> anyhow::Result<()> {
+    let cluster_path = &opts.cluster.cluster;
+    let cluster = validate::load_cluster(cluster_path)?;
+    let cfg = node_config(&cluster, cluster_path, &opts.node)?;
+    // Directors get no secrets (DESIGN.md); everyone else needs the token and hash.
+    let secrets = match cfg.node.role {
+        Role::Director => None,
+        Role::ControlPlane | Role::Worker => {
+            let s = Secrets::for_cluster(cluster_path, &opts.cluster.secrets_dir(), &cluster)?;
+            Some(JoinSecrets {
+                token: s.token()?,
+                ca_cert_hash: s.ca_cert_hash()?,
+            })
+        }
+    };
+    let files = render::node_files(&cfg, secrets.as_ref()).with_context(|| format!("rendering the files of {}", cfg.node.name))?;
+    // Everything is rendered before the first byte is written.
+    for f in &files {
+        let path = write_file(&opts.out, f)?;
+        println!("{:04o} {}", f.mode, path.display());
+    }
+    println!(
+        "rendered {} files of {} ({}) into {}",
+        files.len(),
+        cfg.node.name,
+        cfg.node.role.as_str(),
+        opts.out.display()
+    );
+    Ok(())
+}
+
+/// Where a node path lands under `out`. Node paths are absolute and never
+/// contain `..`; anything else is a bug in a renderer, refused here.
+pub fn out_path(out: &Path, node_path: &str) -> anyhow::Result<PathBuf> {
+    let rel = node_path
+        .strip_prefix('/')
+        .with_context(|| format!("node path {node_path} is not absolute"))?;
+    if rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        bail!("node path {node_path} is not a plain absolute path");
+    }
+    Ok(out.join(rel))
+}
+
+/// Writes one file under `out` with its mode (replacing an older render).
+fn write_file(out: &Path, f: &RenderedFile) -> anyhow::Result<PathBuf> {
+    let path = out_path(out, &f.path)?;
+    let dir = path.parent().expect("a file under out has a parent");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(f.mode)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // `mode` on open only applies to new files; an older render keeps its bits otherwise.
+    file.set_permissions(fs::Permissions::from_mode(f.mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    file.write_all(f.contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use piha_config::node::NetworkRenderer;
+
+    use super::{network_renderer_for, out_path};
+
+    #[test]
+    fn ubuntu_uses_netplan_and_debian_networkd() {
+        assert_eq!(network_renderer_for("ubuntu-noble"), NetworkRenderer::Netplan);
+        assert_eq!(network_renderer_for("debian-bookworm"), NetworkRenderer::Networkd);
+    }
+
+    #[test]
+    fn node_paths_stay_under_out() {
+        assert_eq!(out_path(Path::new("/o"), "/etc/hosts").expect("plain"), Path::new("/o/etc/hosts"));
+        assert!(out_path(Path::new("/o"), "etc/hosts").is_err());
+        assert!(out_path(Path::new("/o"), "/etc/../../x").is_err());
+    }
 }

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{ClusterFile, ProxyMode, Role, Runtime};
+use crate::cluster::{ClusterFile, KeyAlgorithm, ProxyMode, Role, Runtime};
 use crate::problem::{Problem, Problems};
 
 /// Bumped when a change would make an older agent misread the file.
@@ -68,6 +68,9 @@ pub struct ClusterFacts {
     pub vrrp_router_id: u8,
     /// Which network configuration the image's userland uses.
     pub network_renderer: NetworkRenderer,
+    /// Key algorithm of the cluster CAs (kubeadm v1beta4 `encryptionAlgorithm`).
+    #[serde(default)]
+    pub key_algorithm: KeyAlgorithm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +121,7 @@ impl NodeConfig {
                 service_subnet: cluster.kubernetes.service_subnet,
                 vrrp_router_id: cluster.api.vrrp_router_id,
                 network_renderer,
+                key_algorithm: cluster.kubernetes.key_algorithm,
             },
             peers: cluster.nodes.iter().map(|n| Peer { name: n.name.clone(), ip: n.ip, role: n.role }).collect(),
             ssh_authorized_keys: cluster.ssh_authorized_keys.clone(),

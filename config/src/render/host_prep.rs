@@ -1,0 +1,100 @@
+//! Kernel modules and sysctls, written for boot and applied now by the agent
+//! (`modprobe` each of [`modules`], `sysctl --system`).
+//!
+//! The realServer's `arp_ignore`/`arp_announce` are not here: the realServer
+//! unit sets them at runtime, on `all` and `lo`, and undoes them when stopped.
+
+use crate::cluster::Role;
+use crate::node::NodeConfig;
+
+use super::header;
+
+/// Kubernetes nodes: overlayfs for container images, br_netfilter so bridged
+/// pod traffic passes iptables/nftables, conntrack for kube-proxy, and the IPVS
+/// modules (DESIGN.md host-prep; kube-proxy itself does not run in IPVS mode).
+pub const KUBERNETES_MODULES: [&str; 7] = [
+    "overlay",
+    "br_netfilter",
+    "ip_vs",
+    "ip_vs_rr",
+    "ip_vs_wrr",
+    "ip_vs_sh",
+    "nf_conntrack",
+];
+
+/// Directors run LVS only: IPVS with the schedulers keepalived may use, and conntrack.
+pub const DIRECTOR_MODULES: [&str; 5] = ["ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "nf_conntrack"];
+
+/// The sysctls kubeadm's preflight checks require
+/// (<https://kubernetes.io/docs/setup/production-environment/container-runtimes/#prerequisite-ipv4-forwarding-optional>).
+pub const KUBERNETES_SYSCTLS: [(&str, &str); 3] = [
+    ("net.bridge.bridge-nf-call-iptables", "1"),
+    ("net.bridge.bridge-nf-call-ip6tables", "1"),
+    ("net.ipv4.ip_forward", "1"),
+];
+
+/// The modules this node loads now and at boot.
+pub fn modules(cfg: &NodeConfig) -> &'static [&'static str] {
+    match cfg.node.role {
+        Role::ControlPlane | Role::Worker => &KUBERNETES_MODULES,
+        Role::Director => &DIRECTOR_MODULES,
+    }
+}
+
+/// The sysctls this node sets (none on directors: LVS-DR needs no forwarding).
+pub fn sysctls(cfg: &NodeConfig) -> &'static [(&'static str, &'static str)] {
+    match cfg.node.role {
+        Role::ControlPlane | Role::Worker => &KUBERNETES_SYSCTLS,
+        Role::Director => &[],
+    }
+}
+
+/// `/etc/modules-load.d/piha-k8s.conf`: one module per line.
+pub fn modules_load(cfg: &NodeConfig) -> String {
+    let mut text = header("#", cfg);
+    for m in modules(cfg) {
+        text.push_str(m);
+        text.push('\n');
+    }
+    text
+}
+
+/// `/etc/sysctl.d/90-piha-k8s.conf`, or `None` when the node sets no sysctls.
+pub fn sysctl(cfg: &NodeConfig) -> Option<String> {
+    let sysctls = sysctls(cfg);
+    if sysctls.is_empty() {
+        return None;
+    }
+    let mut text = header("#", cfg);
+    for (key, value) in sysctls {
+        text.push_str(&format!("{key} = {value}\n"));
+    }
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::node::NetworkRenderer;
+    use crate::render::testing::node;
+
+    use super::{modules_load, sysctl};
+
+    #[test]
+    fn kubernetes_nodes_load_br_netfilter_and_forward() {
+        let cp = node("cp1", NetworkRenderer::Networkd);
+        assert!(modules_load(&cp).lines().any(|l| l == "br_netfilter"));
+        let s = sysctl(&cp).expect("control planes set sysctls");
+        assert!(s.contains("net.ipv4.ip_forward = 1\n"));
+        assert!(s.contains("net.bridge.bridge-nf-call-iptables = 1\n"));
+        assert!(!s.contains("arp_"), "realServer sysctls belong to the realServer unit");
+    }
+
+    #[test]
+    fn directors_load_ipvs_only() {
+        let lb = node("lb1", NetworkRenderer::Networkd);
+        let m = modules_load(&lb);
+        assert!(m.lines().any(|l| l == "ip_vs"));
+        assert!(!m.lines().any(|l| l == "br_netfilter" || l == "overlay"));
+        assert_eq!(sysctl(&lb), None);
+    }
+}

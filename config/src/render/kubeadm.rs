@@ -1,0 +1,572 @@
+//! The kubeadm configuration, as typed structs serialized to a multi-document
+//! YAML file (`kubeadm init|join --config /etc/piha/kubeadm.yaml`).
+//!
+//! `kubeadm.k8s.io/v1beta4` for Kubernetes ≥ 1.31, `v1beta3` below
+//! (`crate::k8s`). Field names follow the API references:
+//! <https://kubernetes.io/docs/reference/config-api/kubeadm-config.v1beta4/>,
+//! <https://kubernetes.io/docs/reference/config-api/kubeadm-config.v1beta3/>.
+//!
+//! The CAs and service-account keys are pre-placed under /etc/kubernetes/pki
+//! from the card, so nothing here uploads or downloads certificates: no
+//! `certificateKey`, no `--upload-certs`, and a control plane joins with only
+//! the bootstrap token and the CA hash.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{KeyAlgorithm, ProxyMode, Role};
+use crate::k8s::{self, KubeadmApi};
+use crate::node::NodeConfig;
+
+use super::hosts::api_name;
+use super::{JoinSecrets, RenderError, header};
+
+pub const KUBELET_API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
+pub const KUBE_PROXY_API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
+
+/// The first minor where kube-proxy's nftables mode is beta (on by default).
+const NFTABLES_SINCE_MINOR: u32 = 31;
+
+/// What kubeadm does on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `kubeadm init` on the init control plane.
+    Init,
+    /// `kubeadm join` as a control plane.
+    JoinControlPlane,
+    /// `kubeadm join` as a worker.
+    JoinWorker,
+}
+
+/// The kubeadm action for this node; `None` on a director.
+pub fn action(cfg: &NodeConfig) -> Option<Action> {
+    match (cfg.node.role, cfg.node.init) {
+        (Role::ControlPlane, true) => Some(Action::Init),
+        (Role::ControlPlane, false) => Some(Action::JoinControlPlane),
+        (Role::Worker, _) => Some(Action::JoinWorker),
+        (Role::Director, _) => None,
+    }
+}
+
+/// `InitConfiguration`: this node's part of `kubeadm init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InitConfiguration {
+    pub api_version: String,
+    pub kind: String,
+    pub bootstrap_tokens: Vec<BootstrapToken>,
+    pub node_registration: NodeRegistration,
+    #[serde(rename = "localAPIEndpoint")]
+    pub local_api_endpoint: ApiEndpoint,
+}
+
+/// A bootstrap token kubeadm init creates in the cluster (usages and groups
+/// keep kubeadm's defaults: signing + authentication, the default node group).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BootstrapToken {
+    pub token: String,
+    pub description: String,
+    pub ttl: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeRegistration {
+    pub name: String,
+    pub cri_socket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubelet_extra_args: Option<ExtraArgs>,
+}
+
+/// Extra command-line arguments: a map in v1beta3, a list of name/value pairs
+/// in v1beta4 (which allows duplicates).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExtraArgs {
+    List(Vec<Arg>),
+    Map(BTreeMap<String, String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arg {
+    pub name: String,
+    pub value: String,
+}
+
+impl ExtraArgs {
+    fn new(api: KubeadmApi, args: &[(&str, String)]) -> ExtraArgs {
+        match api {
+            KubeadmApi::V1beta3 => ExtraArgs::Map(args.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()),
+            KubeadmApi::V1beta4 => ExtraArgs::List(
+                args.iter()
+                    .map(|(k, v)| Arg {
+                        name: k.to_string(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The value of argument `name`, in either form.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        match self {
+            ExtraArgs::List(list) => list.iter().find(|a| a.name == name).map(|a| a.value.as_str()),
+            ExtraArgs::Map(map) => map.get(name).map(String::as_str),
+        }
+    }
+}
+
+/// Where this node's API server listens and what it advertises.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiEndpoint {
+    pub advertise_address: Ipv4Addr,
+    pub bind_port: u16,
+}
+
+/// `ClusterConfiguration`: cluster-wide settings, given at init.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterConfiguration {
+    pub api_version: String,
+    pub kind: String,
+    pub cluster_name: String,
+    pub kubernetes_version: String,
+    pub control_plane_endpoint: String,
+    pub api_server: ApiServer,
+    pub networking: Networking,
+    /// v1beta4 only: `ECDSA-P256` when the cluster's keys are ECDSA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_algorithm: Option<String>,
+    /// v1beta3 only: `PublicKeysECDSA` is how it asks for ECDSA keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub feature_gates: BTreeMap<String, bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiServer {
+    #[serde(rename = "certSANs")]
+    pub cert_sans: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Networking {
+    pub pod_subnet: String,
+    pub service_subnet: String,
+}
+
+/// `JoinConfiguration`: `kubeadm join` for workers and control planes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JoinConfiguration {
+    pub api_version: String,
+    pub kind: String,
+    pub node_registration: NodeRegistration,
+    pub discovery: Discovery,
+    /// Present on control planes only. No `certificateKey`: the CAs are on disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<JoinControlPlane>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Discovery {
+    pub bootstrap_token: BootstrapTokenDiscovery,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BootstrapTokenDiscovery {
+    pub api_server_endpoint: String,
+    pub token: String,
+    pub ca_cert_hashes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinControlPlane {
+    #[serde(rename = "localAPIEndpoint")]
+    pub local_api_endpoint: ApiEndpoint,
+}
+
+/// `KubeletConfiguration`: `cgroupDriver: systemd`, matching the runtime (seed
+/// 004: CRI-O with the kubelet on cgroupfs never starts the pod sandbox).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeletConfiguration {
+    pub api_version: String,
+    pub kind: String,
+    pub cgroup_driver: String,
+}
+
+/// `KubeProxyConfiguration`: iptables or nftables, never IPVS (an IPVS-mode
+/// kube-proxy deletes IPVS rules it did not create).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeProxyConfiguration {
+    pub api_version: String,
+    pub kind: String,
+    pub mode: String,
+}
+
+/// One document of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Document {
+    Init(InitConfiguration),
+    Cluster(ClusterConfiguration),
+    Join(JoinConfiguration),
+    Kubelet(KubeletConfiguration),
+    KubeProxy(KubeProxyConfiguration),
+}
+
+impl Document {
+    pub fn kind(&self) -> &str {
+        match self {
+            Document::Init(d) => &d.kind,
+            Document::Cluster(d) => &d.kind,
+            Document::Join(d) => &d.kind,
+            Document::Kubelet(d) => &d.kind,
+            Document::KubeProxy(d) => &d.kind,
+        }
+    }
+
+    fn to_yaml(&self) -> Result<String, yaml_serde::Error> {
+        match self {
+            Document::Init(d) => yaml_serde::to_string(d),
+            Document::Cluster(d) => yaml_serde::to_string(d),
+            Document::Join(d) => yaml_serde::to_string(d),
+            Document::Kubelet(d) => yaml_serde::to_string(d),
+            Document::KubeProxy(d) => yaml_serde::to_string(d),
+        }
+    }
+}
+
+/// The kubeadm API for this node's Kubernetes version.
+pub fn api(cfg: &NodeConfig) -> Result<KubeadmApi, RenderError> {
+    k8s::kubeadm_api(&cfg.cluster.kubernetes_version).map_err(|error| RenderError::Version { error })
+}
+
+/// `VIP:port`: kubeadm's controlPlaneEndpoint and every join's API endpoint.
+pub fn endpoint(cfg: &NodeConfig) -> String {
+    format!("{}:{}", cfg.cluster.vip, cfg.cluster.api_port)
+}
+
+/// The documents for this node: Init + Cluster + Kubelet + KubeProxy on the
+/// init control plane, Join + Kubelet elsewhere.
+pub fn documents(cfg: &NodeConfig, secrets: Option<&JoinSecrets>) -> Result<Vec<Document>, RenderError> {
+    let Some(action) = action(cfg) else {
+        return Err(RenderError::NoKubeadm {
+            node: cfg.node.name.clone(),
+        });
+    };
+    let secrets = secrets.ok_or_else(|| RenderError::MissingSecrets {
+        node: cfg.node.name.clone(),
+        role: cfg.node.role.as_str(),
+    })?;
+    check_secrets(secrets)?;
+    let version = k8s::parse(&cfg.cluster.kubernetes_version).map_err(|error| RenderError::Version { error })?;
+    let api = version.kubeadm_api();
+    let api_version = api.api_version().to_string();
+    let local = ApiEndpoint {
+        advertise_address: cfg.node.address.addr(),
+        bind_port: cfg.cluster.api_port,
+    };
+    let node_registration = NodeRegistration {
+        name: cfg.node.name.clone(),
+        cri_socket: cfg.cluster.runtime.cri_socket().to_string(),
+        // The realServer VIP sits on lo; pin the kubelet's node IP so it never
+        // registers with the VIP (seed 004's nodes all showed the VIP as INTERNAL-IP).
+        kubelet_extra_args: Some(ExtraArgs::new(api, &[("node-ip", cfg.node.address.addr().to_string())])),
+    };
+    let kubelet = Document::Kubelet(KubeletConfiguration {
+        api_version: KUBELET_API_VERSION.to_string(),
+        kind: "KubeletConfiguration".to_string(),
+        cgroup_driver: "systemd".to_string(),
+    });
+    if action != Action::Init {
+        let join = JoinConfiguration {
+            api_version,
+            kind: "JoinConfiguration".to_string(),
+            node_registration,
+            discovery: Discovery {
+                bootstrap_token: BootstrapTokenDiscovery {
+                    api_server_endpoint: endpoint(cfg),
+                    token: secrets.token.clone(),
+                    ca_cert_hashes: vec![secrets.ca_cert_hash.clone()],
+                },
+            },
+            control_plane: (action == Action::JoinControlPlane).then_some(JoinControlPlane { local_api_endpoint: local }),
+        };
+        // kubeadm join takes the kubelet settings from the cluster's
+        // kubelet-config ConfigMap (written at init from the document below);
+        // it is repeated here so the file says what the node runs with.
+        return Ok(vec![Document::Join(join), kubelet]);
+    }
+    if cfg.cluster.proxy_mode == ProxyMode::Nftables && version.minor < NFTABLES_SINCE_MINOR {
+        return Err(RenderError::NftablesTooOld {
+            version: version.to_string(),
+        });
+    }
+    let init = InitConfiguration {
+        api_version: api_version.clone(),
+        kind: "InitConfiguration".to_string(),
+        bootstrap_tokens: vec![BootstrapToken {
+            token: secrets.token.clone(),
+            description: format!("piha bootstrap token of cluster {}", cfg.cluster.name),
+            // Never expires: cards are flashed and powered on whenever the
+            // operator gets to them, and the token is piha's per-cluster
+            // secret (`piha rotate-secrets` replaces it). kubeadm reads 0 as
+            // "no expiry".
+            ttl: "0s".to_string(),
+        }],
+        node_registration,
+        local_api_endpoint: local,
+    };
+    let (encryption_algorithm, feature_gates) = match (cfg.cluster.key_algorithm, api) {
+        (KeyAlgorithm::Rsa2048, _) => (None, BTreeMap::new()),
+        (KeyAlgorithm::EcdsaP256, KubeadmApi::V1beta4) => (Some("ECDSA-P256".to_string()), BTreeMap::new()),
+        (KeyAlgorithm::EcdsaP256, KubeadmApi::V1beta3) => (None, BTreeMap::from([("PublicKeysECDSA".to_string(), true)])),
+    };
+    let cluster = ClusterConfiguration {
+        api_version,
+        kind: "ClusterConfiguration".to_string(),
+        cluster_name: cfg.cluster.name.clone(),
+        kubernetes_version: format!("v{version}"),
+        control_plane_endpoint: endpoint(cfg),
+        api_server: ApiServer { cert_sans: cert_sans(cfg) },
+        networking: Networking {
+            pod_subnet: cfg.cluster.pod_subnet.to_string(),
+            service_subnet: cfg.cluster.service_subnet.to_string(),
+        },
+        encryption_algorithm,
+        feature_gates,
+    };
+    let proxy = KubeProxyConfiguration {
+        api_version: KUBE_PROXY_API_VERSION.to_string(),
+        kind: "KubeProxyConfiguration".to_string(),
+        mode: cfg.cluster.proxy_mode.as_str().to_string(),
+    };
+    Ok(vec![
+        Document::Init(init),
+        Document::Cluster(cluster),
+        kubelet,
+        Document::KubeProxy(proxy),
+    ])
+}
+
+/// The API server certificate's extra names: the VIP and its /etc/hosts name,
+/// then every control plane's name and IP (kubeadm adds the node's own, the
+/// service IP and `kubernetes.default…` itself).
+pub fn cert_sans(cfg: &NodeConfig) -> Vec<String> {
+    let with_domain = |short: String| -> Vec<String> {
+        match &cfg.node.domain {
+            Some(domain) => vec![format!("{short}.{domain}"), short],
+            None => vec![short],
+        }
+    };
+    let mut sans = vec![cfg.cluster.vip.to_string()];
+    sans.extend(with_domain(api_name(cfg)));
+    for cp in cfg.control_planes() {
+        sans.extend(with_domain(cp.name.clone()));
+        sans.push(cp.ip.to_string());
+    }
+    sans
+}
+
+/// The rendered file: a header, then the documents separated by `---`.
+pub fn config(cfg: &NodeConfig, secrets: Option<&JoinSecrets>) -> Result<String, RenderError> {
+    let docs = documents(cfg, secrets)?;
+    let mut text = header("#", cfg);
+    text.push_str("# kubeadm configuration. Holds the bootstrap token: keep it 0600.\n");
+    for (i, doc) in docs.iter().enumerate() {
+        if i > 0 {
+            text.push_str("---\n");
+        }
+        text.push_str(&doc.to_yaml().map_err(|error| RenderError::Yaml {
+            what: "the kubeadm configuration",
+            error,
+        })?);
+    }
+    Ok(text)
+}
+
+/// Why a kubeadm file could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("document {index}: {error}")]
+    Yaml { index: usize, error: yaml_serde::Error },
+    #[error("document {index}: no `kind`")]
+    NoKind { index: usize },
+    #[error("document {index}: unexpected kind `{kind}`")]
+    UnknownKind { index: usize, kind: String },
+}
+
+/// Reads a file written by [`config`] back into its documents (the agent and
+/// the tests use it to check what a file asks kubeadm for).
+pub fn parse(text: &str) -> Result<Vec<Document>, ParseError> {
+    let mut docs = Vec::new();
+    for (index, de) in yaml_serde::Deserializer::from_str(text).enumerate() {
+        let value = yaml_serde::Value::deserialize(de).map_err(|error| ParseError::Yaml { index, error })?;
+        let kind = value
+            .get("kind")
+            .and_then(yaml_serde::Value::as_str)
+            .ok_or(ParseError::NoKind { index })?
+            .to_string();
+        fn typed<T: DeserializeOwned>(index: usize, value: yaml_serde::Value) -> Result<T, ParseError> {
+            yaml_serde::from_value(value).map_err(|error| ParseError::Yaml { index, error })
+        }
+        docs.push(match kind.as_str() {
+            "InitConfiguration" => Document::Init(typed(index, value)?),
+            "ClusterConfiguration" => Document::Cluster(typed(index, value)?),
+            "JoinConfiguration" => Document::Join(typed(index, value)?),
+            "KubeletConfiguration" => Document::Kubelet(typed(index, value)?),
+            "KubeProxyConfiguration" => Document::KubeProxy(typed(index, value)?),
+            _ => return Err(ParseError::UnknownKind { index, kind }),
+        });
+    }
+    Ok(docs)
+}
+
+/// The token and hash must have kubeadm's shapes; anything else would only
+/// fail later, on the node, inside kubeadm.
+fn check_secrets(s: &JoinSecrets) -> Result<(), RenderError> {
+    let lower_alnum = |t: &str, n: usize| t.len() == n && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let token_ok = match s.token.split_once('.') {
+        Some((id, secret)) => lower_alnum(id, 6) && lower_alnum(secret, 16),
+        None => false,
+    };
+    if !token_ok {
+        return Err(RenderError::BadSecret {
+            file: crate::secrets::BOOTSTRAP_TOKEN.rel,
+            value: s.token.clone(),
+            expected: "a bootstrap token [a-z0-9]{6}.[a-z0-9]{16}",
+        });
+    }
+    let hash_ok = match s.ca_cert_hash.strip_prefix("sha256:") {
+        Some(hex) => hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        None => false,
+    };
+    if !hash_ok {
+        return Err(RenderError::BadSecret {
+            file: crate::secrets::CA_CERT_HASH.rel,
+            value: s.ca_cert_hash.clone(),
+            expected: "a CA cert hash sha256:<64 lowercase hex digits>",
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use pretty_assertions::assert_eq;
+
+    use crate::cluster::ProxyMode;
+    use crate::node::NetworkRenderer;
+    use crate::render::testing::{node, secrets};
+    use crate::render::{JoinSecrets, RenderError};
+
+    use super::{Action, Document, action, config, documents, parse};
+
+    #[test]
+    fn init_node_gets_init_cluster_kubelet_and_proxy() {
+        let cfg = node("cp2", NetworkRenderer::Networkd);
+        assert_eq!(action(&cfg), Some(Action::Init));
+        let docs = documents(&cfg, Some(&secrets())).expect("renders");
+        let kinds: Vec<&str> = docs.iter().map(Document::kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "InitConfiguration",
+                "ClusterConfiguration",
+                "KubeletConfiguration",
+                "KubeProxyConfiguration"
+            ]
+        );
+        let Document::Cluster(cluster) = &docs[1] else {
+            panic!("second document is the ClusterConfiguration")
+        };
+        assert_eq!(cluster.control_plane_endpoint, "10.1.0.100:6443");
+        assert_eq!(cluster.kubernetes_version, "v1.34.1");
+        assert_eq!(cluster.encryption_algorithm.as_deref(), Some("ECDSA-P256"));
+        assert_eq!(
+            cluster.api_server.cert_sans,
+            [
+                "10.1.0.100",
+                "lab-api.lab.example",
+                "lab-api",
+                "cp1.lab.example",
+                "cp1",
+                "10.1.0.11",
+                "cp2.lab.example",
+                "cp2",
+                "10.1.0.12"
+            ]
+        );
+    }
+
+    #[test]
+    fn file_round_trips_through_the_structs() {
+        for name in ["cp1", "cp2", "w1"] {
+            let cfg = node(name, NetworkRenderer::Networkd);
+            let text = config(&cfg, Some(&secrets())).expect("renders");
+            let back = parse(&text).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+            assert_eq!(back, documents(&cfg, Some(&secrets())).expect("renders"), "{name}");
+        }
+    }
+
+    #[test]
+    fn v1beta3_below_1_31_uses_a_map_and_the_ecdsa_gate() {
+        let mut cfg = node("cp2", NetworkRenderer::Networkd);
+        cfg.cluster.kubernetes_version = "1.30.14".to_string();
+        cfg.cluster.proxy_mode = ProxyMode::Iptables;
+        let text = config(&cfg, Some(&secrets())).expect("renders");
+        assert!(text.contains("apiVersion: kubeadm.k8s.io/v1beta3\n"), "{text}");
+        assert!(!text.contains("v1beta4"));
+        assert!(text.contains("  kubeletExtraArgs:\n    node-ip: 10.1.0.12\n"), "{text}");
+        assert!(text.contains("featureGates:\n  PublicKeysECDSA: true\n"), "{text}");
+        assert!(!text.contains("encryptionAlgorithm"));
+        parse(&text).expect("round trips");
+    }
+
+    #[test]
+    fn nftables_needs_1_31() {
+        let mut cfg = node("cp2", NetworkRenderer::Networkd);
+        cfg.cluster.kubernetes_version = "1.30.14".to_string();
+        let err = documents(&cfg, Some(&secrets())).expect_err("nftables is alpha in 1.30");
+        assert!(matches!(err, RenderError::NftablesTooOld { .. }), "{err}");
+        assert!(err.to_string().contains("proxy_mode: iptables"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_required_and_checked() {
+        let cfg = node("w1", NetworkRenderer::Networkd);
+        assert!(matches!(documents(&cfg, None), Err(RenderError::MissingSecrets { .. })));
+        let bad_token = JoinSecrets {
+            token: "ABCDEF.0123456789abcdef".to_string(),
+            ..secrets()
+        };
+        let err = documents(&cfg, Some(&bad_token)).expect_err("uppercase token").to_string();
+        assert!(err.contains("secrets/bootstrap-token"), "{err}");
+        let bad_hash = JoinSecrets {
+            ca_cert_hash: "sha256:abc".to_string(),
+            ..secrets()
+        };
+        let err = documents(&cfg, Some(&bad_hash)).expect_err("short hash").to_string();
+        assert!(err.contains("secrets/ca-cert-hash"), "{err}");
+    }
+
+    #[test]
+    fn directors_have_no_kubeadm_config() {
+        let cfg = node("lb1", NetworkRenderer::Networkd);
+        assert_eq!(action(&cfg), None);
+        assert!(matches!(documents(&cfg, Some(&secrets())), Err(RenderError::NoKubeadm { .. })));
+    }
+}
