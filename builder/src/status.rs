@@ -1,7 +1,226 @@
-//! (placeholder until implemented)
+//! `piha status TARGET`: what the agent wrote to `status.json` on a card, an
+//! image, or a bare PIHA-CFG filesystem image, read without mounting.
+
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use piha_config::node::{CONFIG_LABEL, NODE_FILE, NodeConfig};
+use piha_config::status::{Outcome, Phase, STATUS_FILE, Status, StepRecord};
 
 use crate::cli::StatusOpts;
+use crate::{fat, partition};
 
-pub fn run(_opts: &StatusOpts) -> anyhow::Result<()> {
-    anyhow::bail!("`piha status` is not available yet")
+/// Said when the card has no status.json.
+pub const NOT_BOOTED: &str = "no status.json: the node has not booted with this card yet";
+
+pub fn run(opts: &StatusOpts) -> anyhow::Result<()> {
+    let target = &opts.target;
+    let (status_raw, node_raw) = read_card(target)?;
+    let Some(raw) = status_raw else {
+        if opts.json {
+            // Keep stdout pure JSON for scripts: absence is an error there.
+            bail!("{}: {NOT_BOOTED}", target.display());
+        }
+        println!("{}: {NOT_BOOTED}", target.display());
+        if let Some(n) = node_raw.as_deref().and_then(|t| stamped_for(target, t)) {
+            println!("card stamped for {n}");
+        }
+        return Ok(());
+    };
+    if opts.json {
+        let text = String::from_utf8_lossy(&raw);
+        println!("{}", text.trim_end());
+        return Ok(());
+    }
+    let status: Status = serde_json::from_slice(&raw).with_context(|| {
+        format!(
+            "{}: {STATUS_FILE} on {CONFIG_LABEL} is not valid (use --json to see it raw)",
+            target.display()
+        )
+    })?;
+    print!(
+        "{}",
+        summary(&status, node_raw.as_deref().and_then(|t| stamped_for(target, t)).as_deref())
+    );
+    Ok(())
+}
+
+/// Reads status.json and node.yaml from the PIHA-CFG filesystem of `target`.
+fn read_card(target: &Path) -> anyhow::Result<(Option<Vec<u8>>, Option<String>)> {
+    let mut file = File::open(target).with_context(|| format!("opening {}", target.display()))?;
+    let sector_size = partition::sector_size_of(&file);
+    let table =
+        partition::read_table(&mut file, sector_size).with_context(|| format!("reading the partition table of {}", target.display()))?;
+    let part = partition::find_config(&mut file, &table, target)?;
+    let mut read = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        let slice = fscommon::StreamSlice::new(fat::ReadOnly(&mut file), part.start, part.start + part.size)?;
+        fat::read_file(slice, name).with_context(|| format!("reading {name} from {CONFIG_LABEL} on {}", target.display()))
+    };
+    let status = read(STATUS_FILE)?;
+    let node = read(NODE_FILE)?.map(|b| String::from_utf8_lossy(&b).into_owned());
+    Ok((status, node))
+}
+
+fn stamped_for(target: &Path, node_yaml: &str) -> Option<String> {
+    let cfg = NodeConfig::parse(&target.join(NODE_FILE), node_yaml).ok()?;
+    Some(format!(
+        "{} ({}) of cluster {}",
+        cfg.node.name,
+        cfg.node.role.as_str(),
+        cfg.cluster.name
+    ))
+}
+
+/// The human summary: who, which phase, then one line per step with the
+/// error and stderr tail of any that failed.
+pub fn summary(s: &Status, stamped: Option<&str>) -> String {
+    let mut out = String::new();
+    let node = s.node.as_deref().unwrap_or("(unknown node)");
+    let role = s.role.map(|r| r.as_str()).unwrap_or("unknown role");
+    out.push_str(&format!(
+        "node {node} ({role}): phase {}, boot {}, updated {}\n",
+        phase_name(s.phase),
+        s.boots,
+        when(s.updated)
+    ));
+    if let Some(card) = stamped {
+        if !card.starts_with(&format!("{node} ")) {
+            out.push_str(&format!(
+                "note: the card is now stamped for {card}; this status is from before the re-stamp\n"
+            ));
+        }
+    }
+    if let Some(e) = &s.error {
+        out.push_str(&format!("error: {e}\n"));
+    }
+    let width = s.steps.iter().map(|st| st.name.len()).max().unwrap_or(0);
+    for st in &s.steps {
+        out.push_str(&step_line(st, width));
+    }
+    if !s.versions.is_empty() {
+        let v: Vec<String> = s.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        out.push_str(&format!("versions: {}\n", v.join(", ")));
+    }
+    out
+}
+
+fn step_line(st: &StepRecord, width: usize) -> String {
+    let mut line = format!("  {:<width$}  {:<8} {}", st.name, outcome_name(st.outcome), when(st.started));
+    if let Some(ms) = st.wall_ms {
+        line.push_str(&format!("  {:.1} s", ms as f64 / 1000.0));
+    }
+    line.push('\n');
+    if let Some(e) = &st.error {
+        line.push_str(&format!("      error: {e}\n"));
+    }
+    if let Some(tail) = st.stderr_tail.as_deref().filter(|t| !t.trim().is_empty()) {
+        line.push_str("      stderr:\n");
+        for l in tail.lines() {
+            line.push_str(&format!("        | {l}\n"));
+        }
+    }
+    line
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Running => "running",
+        Phase::Failed => "failed",
+        Phase::InvalidConfig => "invalid-config",
+        Phase::Done => "done",
+    }
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Running => "running",
+        Outcome::Ok => "ok",
+        Outcome::Failed => "failed",
+        Outcome::Skipped => "skipped",
+    }
+}
+
+/// Unix seconds as `2025-01-31 12:00:00 UTC`.
+fn when(unix: u64) -> String {
+    match i64::try_from(unix)
+        .ok()
+        .and_then(|u| time::OffsetDateTime::from_unix_timestamp(u).ok())
+    {
+        Some(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        None => format!("@{unix}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use piha_config::cluster::Role;
+    use piha_config::status::{Outcome, Phase, Status, StepRecord};
+
+    use super::{summary, when};
+
+    #[test]
+    fn failed_step_shows_error_and_stderr() {
+        let s = Status {
+            schema: 1,
+            node: Some("cp2".into()),
+            role: Some(Role::ControlPlane),
+            phase: Phase::Failed,
+            updated: 1_700_000_100,
+            boots: 2,
+            steps: vec![
+                StepRecord {
+                    name: "identity".into(),
+                    outcome: Outcome::Ok,
+                    started: 1_700_000_000,
+                    finished: Some(1_700_000_001),
+                    wall_ms: Some(1200),
+                    cpu_ms: None,
+                    error: None,
+                    stderr_tail: None,
+                },
+                StepRecord {
+                    name: "join".into(),
+                    outcome: Outcome::Failed,
+                    started: 1_700_000_050,
+                    finished: None,
+                    wall_ms: None,
+                    cpu_ms: None,
+                    error: Some("kubeadm join failed".into()),
+                    stderr_tail: Some("line one\nconnection refused".into()),
+                },
+            ],
+            versions: BTreeMap::from([("piha-agent".to_string(), "0.1.0".to_string())]),
+            error: Some("step join failed".into()),
+        };
+        let text = summary(&s, Some("cp2 (control-plane) of cluster qemu-lab"));
+        assert!(
+            text.starts_with("node cp2 (control-plane): phase failed, boot 2, updated 2023-11-14 22:15:00 UTC\n"),
+            "{text}"
+        );
+        assert!(text.contains("error: step join failed"), "{text}");
+        assert!(text.contains("  identity  ok       2023-11-14 22:13:20 UTC  1.2 s"), "{text}");
+        assert!(
+            text.contains("      error: kubeadm join failed\n      stderr:\n        | line one\n        | connection refused\n"),
+            "{text}"
+        );
+        assert!(text.contains("versions: piha-agent 0.1.0"), "{text}");
+        assert!(!text.contains("re-stamp"), "{text}");
+        assert!(summary(&s, Some("w1 (worker) of cluster qemu-lab")).contains("now stamped for w1"));
+    }
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(when(0), "1970-01-01 00:00:00 UTC");
+    }
 }

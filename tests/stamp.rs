@@ -1,0 +1,576 @@
+//! `piha stamp` and `piha status` end to end: the real binary on real files,
+//! checked with the real tools (fsck.vfat, mtools, sfdisk).
+//!
+//! GPT and MBR disks are made here with gptman and mbrman, laid out like the
+//! images `piha build` writes (ESP or system-boot, PIHA-CFG, root), with every
+//! byte outside PIHA-CFG filled with a pattern so "nothing else changed" means
+//! something.
+
+use std::fs;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use piha::card::network_renderer;
+use piha::fat::{FatFile, build};
+use piha::partition::{PartitionType, TableKind, read_table, sfdisk_dump};
+use piha_config::cluster::ClusterFile;
+use piha_config::node::NodeConfig;
+use piha_runner::{Cmd, Runner, SystemRunner};
+use sha2::{Digest, Sha256};
+
+const MIB: u64 = 1 << 20;
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const BASIC_DATA_TYPE: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
+const ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+const AMD64_IMAGE_JSON: &[u8] = br#"{"board": "amd64", "distro": "debian-bookworm", "piha": "0.1.0"}"#;
+
+/// A temporary directory holding the example QEMU cluster and its secrets.
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/qemu-lab.yaml");
+        fs::copy(&example, dir.path().join("cluster.yaml")).unwrap();
+        let lab = Lab { dir };
+        let out = lab.piha(&["init"]);
+        assert!(out.status.success(), "piha init failed: {}", String::from_utf8_lossy(&out.stderr));
+        lab
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cluster_path(&self) -> PathBuf {
+        self.path("cluster.yaml")
+    }
+
+    /// Runs `piha <command> --cluster cluster.yaml <rest>`.
+    fn piha(&self, args: &[&str]) -> Output {
+        let (command, rest) = args.split_first().unwrap();
+        Command::new(env!("CARGO_BIN_EXE_piha"))
+            .arg(command)
+            .arg("--cluster")
+            .arg(self.cluster_path())
+            .args(rest)
+            .output()
+            .unwrap()
+    }
+
+    fn stamp(&self, node: &str, target: &Path) -> Output {
+        self.piha(&["stamp", "--node", node, target.to_str().unwrap()])
+    }
+
+    fn expected_node_yaml(&self, node: &str) -> String {
+        let cluster = ClusterFile::load(&self.cluster_path()).unwrap();
+        NodeConfig::for_node(&cluster, node, network_renderer(&cluster.distro).unwrap())
+            .unwrap()
+            .to_yaml()
+    }
+}
+
+fn piha_status(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_piha")).arg("status").args(args).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "piha failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "piha should have failed:\nstdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn run(cmd: Cmd) -> Vec<u8> {
+    SystemRunner.run(&cmd).unwrap_or_else(|e| panic!("{e}")).stdout
+}
+
+/// An mtools image spec: the file, or the partition at `offset` inside it.
+fn spec(img: &Path, offset: u64) -> String {
+    if offset == 0 {
+        img.display().to_string()
+    } else {
+        format!("{}@@{offset}", img.display())
+    }
+}
+
+/// Every file on the FAT at `spec`, as mtools sees it, with its contents.
+fn mtools_files(spec: &str) -> Vec<(String, Vec<u8>)> {
+    let listing = String::from_utf8(run(Cmd::new("mdir").args(["-/", "-b", "-i", spec, "::"]))).unwrap();
+    listing
+        .lines()
+        .filter(|l| !l.ends_with('/'))
+        .map(|l| {
+            let path = l.trim_start_matches("::/").to_string();
+            let contents = run(Cmd::new("mcopy").args(["-n", "-i", spec]).arg(format!("::{path}")).arg("-"));
+            (path, contents)
+        })
+        .collect()
+}
+
+fn mtools_file(files: &[(String, Vec<u8>)], path: &str) -> Option<Vec<u8>> {
+    files.iter().find(|(p, _)| p == path).map(|(_, c)| c.clone())
+}
+
+/// fsck.vfat -n on the filesystem at `offset..offset+size` of `img`.
+fn fsck(img: &Path, offset: u64, size: u64) {
+    let bytes = fs::read(img).unwrap();
+    let part = tempfile::NamedTempFile::new().unwrap();
+    fs::write(part.path(), &bytes[offset as usize..(offset + size) as usize]).unwrap();
+    // fsck.vfat reports on stdout; send it to stderr so a failure shows it.
+    run(Cmd::new("sh").args(["-c", "fsck.vfat -n \"$1\" >&2", "fsck"]).arg(part.path()));
+}
+
+/// Deterministic filler so untouched regions are not just zeros.
+fn pattern(len: u64, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn guid(text: &str) -> [u8; 16] {
+    uuid::Uuid::parse_str(text).unwrap().to_bytes_le()
+}
+
+/// A partition to lay out: name (GPT) or MBR type, size, and contents placed
+/// at its start (the rest of it keeps the filler).
+struct Part {
+    name: &'static str,
+    gpt_type: &'static str,
+    mbr_type: u8,
+    size: u64,
+    contents: Vec<u8>,
+}
+
+fn piha_cfg(image_json: &[u8]) -> Vec<u8> {
+    build("PIHA-CFG", 16 * MIB, None, &[FatFile::new("image.json", image_json.to_vec())]).unwrap()
+}
+
+fn uefi_layout(cfg: Vec<u8>) -> Vec<Part> {
+    let esp = build("ESP", 8 * MIB, None, &[FatFile::new("EFI/BOOT/BOOTX64.EFI", pattern(100_000, 3))]).unwrap();
+    vec![
+        Part {
+            name: "EFI",
+            gpt_type: ESP_TYPE,
+            mbr_type: 0xef,
+            size: 8 * MIB,
+            contents: esp,
+        },
+        Part {
+            name: "PIHA-CFG",
+            gpt_type: BASIC_DATA_TYPE,
+            mbr_type: 0x0c,
+            size: 16 * MIB,
+            contents: cfg,
+        },
+        Part {
+            name: "root",
+            gpt_type: ROOT_X86_64_TYPE,
+            mbr_type: 0x83,
+            size: 20 * MIB,
+            contents: Vec::new(),
+        },
+    ]
+}
+
+fn pi_layout(cfg: Vec<u8>) -> Vec<Part> {
+    let boot = build(
+        "system-boot",
+        8 * MIB,
+        None,
+        &[FatFile::new("config.txt", b"arm_64bit=1\n".to_vec())],
+    )
+    .unwrap();
+    vec![
+        Part {
+            name: "system-boot",
+            gpt_type: BASIC_DATA_TYPE,
+            mbr_type: 0x0c,
+            size: 8 * MIB,
+            contents: boot,
+        },
+        Part {
+            name: "PIHA-CFG",
+            gpt_type: BASIC_DATA_TYPE,
+            mbr_type: 0x0c,
+            size: 16 * MIB,
+            contents: cfg,
+        },
+        Part {
+            name: "writable",
+            gpt_type: ROOT_X86_64_TYPE,
+            mbr_type: 0x83,
+            size: 20 * MIB,
+            contents: Vec::new(),
+        },
+    ]
+}
+
+/// Writes a disk image with a GPT (`gpt`) or an MBR, partitions from 1 MiB on,
+/// 1 MiB spare at the end for the backup GPT. Returns each partition's
+/// (start, size) in bytes.
+fn make_disk(path: &Path, parts: &[Part], gpt: bool) -> Vec<(u64, u64)> {
+    let total = MIB + parts.iter().map(|p| p.size).sum::<u64>() + MIB;
+    let mut bytes = pattern(total, 42);
+    let mut at = MIB;
+    let mut placed = Vec::new();
+    for p in parts {
+        bytes[at as usize..at as usize + p.contents.len()].copy_from_slice(&p.contents);
+        placed.push((at, p.size));
+        at += p.size;
+    }
+    let mut disk = Cursor::new(bytes);
+    if gpt {
+        let mut table = gptman::GPT::new_from(&mut disk, 512, guid("8C6B1E2A-5D0F-4F7E-9B1A-3C2D4E5F6A7B")).unwrap();
+        for (i, (p, (start, size))) in parts.iter().zip(&placed).enumerate() {
+            table[i as u32 + 1] = gptman::GPTPartitionEntry {
+                partition_type_guid: guid(p.gpt_type),
+                unique_partition_guid: guid(&format!("11111111-2222-4333-8444-5555555555{:02}", i + 1)),
+                starting_lba: start / 512,
+                ending_lba: (start + size) / 512 - 1,
+                attribute_bits: 0,
+                partition_name: p.name.into(),
+            };
+        }
+        table.write_into(&mut disk).unwrap();
+        gptman::GPT::write_protective_mbr_into(&mut disk, 512).unwrap();
+    } else {
+        let mut table = mbrman::MBR::new_from(&mut disk, 512, [0x61, 0x68, 0x69, 0x70]).unwrap();
+        for (i, (p, (start, size))) in parts.iter().zip(&placed).enumerate() {
+            table[i + 1] = mbrman::MBRPartitionEntry {
+                boot: if i == 0 { mbrman::BOOT_ACTIVE } else { mbrman::BOOT_INACTIVE },
+                first_chs: mbrman::CHS::empty(),
+                sys: p.mbr_type,
+                last_chs: mbrman::CHS::empty(),
+                starting_lba: (start / 512) as u32,
+                sectors: (size / 512) as u32,
+            };
+        }
+        table.write_into(&mut disk).unwrap();
+    }
+    fs::write(path, disk.into_inner()).unwrap();
+    placed
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Asserts that only `start..start+size` of the image differs.
+fn assert_only_region_changed(before: &[u8], after: &[u8], start: u64, size: u64) {
+    assert_eq!(before.len(), after.len(), "image size changed");
+    let (s, e) = (start as usize, (start + size) as usize);
+    assert!(sha(&before[..s]) == sha(&after[..s]), "bytes before the PIHA-CFG partition changed");
+    assert!(sha(&before[e..]) == sha(&after[e..]), "bytes after the PIHA-CFG partition changed");
+    assert!(before[s..e] != after[s..e], "the PIHA-CFG partition did not change");
+}
+
+/// sfdisk and piha agree on the table.
+fn cross_check_with_sfdisk(img: &Path, gpt: bool) {
+    let theirs = sfdisk_dump(&SystemRunner, img).unwrap();
+    let ours = read_table(&mut fs::File::open(img).unwrap(), 512).unwrap();
+    assert_eq!(theirs.label, if gpt { "gpt" } else { "dos" });
+    assert_eq!(ours.kind, if gpt { TableKind::Gpt } else { TableKind::Mbr });
+    assert_eq!(theirs.partitions.len(), ours.partitions.len());
+    for (t, o) in theirs.partitions.iter().zip(&ours.partitions) {
+        assert_eq!(t.start * 512, o.start, "{}", t.node);
+        assert_eq!(t.size * 512, o.size, "{}", t.node);
+        assert!(t.node.ends_with(&o.number.to_string()), "{} vs {}", t.node, o.number);
+        match &o.kind {
+            PartitionType::Gpt { type_guid, name } => {
+                assert_eq!(&t.type_, type_guid);
+                assert_eq!(t.name.as_deref(), Some(name.as_str()));
+            }
+            PartitionType::Mbr { sys } => assert_eq!(t.type_, format!("{sys:x}")),
+        }
+    }
+}
+
+#[test]
+fn partition_images_hold_what_each_role_needs() {
+    let lab = Lab::new();
+    let secrets = lab.path("secrets");
+    for node in ["cp1", "w1", "lb1"] {
+        let img = lab.path(&format!("{node}.img"));
+        let out = ok(&lab.piha(&["stamp", "--node", node, "--partition-image", img.to_str().unwrap()]));
+        assert!(out.starts_with(&format!("stamped {node} (")) && out.contains("sha256 "), "{out}");
+        let bytes = fs::read(&img).unwrap();
+        assert_eq!(bytes.len() as u64, 16 * MIB);
+        assert!(out.contains(&sha(&bytes)), "summary names the partition's sha256: {out}");
+        fsck(&img, 0, 16 * MIB);
+        let files = mtools_files(&spec(&img, 0));
+
+        let yaml = String::from_utf8(mtools_file(&files, "node.yaml").expect("node.yaml")).unwrap();
+        assert_eq!(yaml, lab.expected_node_yaml(node));
+        let cfg = NodeConfig::parse(Path::new("node.yaml"), &yaml).unwrap();
+        assert_eq!(cfg.node.name, node);
+        assert!(mtools_file(&files, "README.txt").is_some());
+
+        let secret_paths: Vec<&str> = files
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .filter(|p| p.starts_with("secrets/"))
+            .collect();
+        match node {
+            "cp1" => {
+                let key = mtools_file(&files, "secrets/pki/ca.key").expect("control plane gets the CA key");
+                assert_eq!(key, fs::read(secrets.join("pki/ca.key")).unwrap());
+                for rel in [
+                    "pki/etcd/ca.key",
+                    "pki/front-proxy-ca.key",
+                    "pki/sa.key",
+                    "pki/sa.pub",
+                    "bootstrap-token",
+                    "ca-cert-hash",
+                ] {
+                    assert!(
+                        secret_paths.contains(&format!("secrets/{rel}").as_str()),
+                        "cp1 lacks {rel}: {secret_paths:?}"
+                    );
+                }
+            }
+            "w1" => {
+                assert_eq!(secret_paths, ["secrets/bootstrap-token", "secrets/ca-cert-hash"]);
+                for (path, contents) in &files {
+                    assert!(
+                        !String::from_utf8_lossy(contents).contains("PRIVATE KEY"),
+                        "worker card holds a private key in {path}"
+                    );
+                }
+                assert_eq!(
+                    mtools_file(&files, "secrets/bootstrap-token").unwrap(),
+                    fs::read(secrets.join("bootstrap-token")).unwrap()
+                );
+            }
+            _ => assert!(
+                secret_paths.is_empty() && !files.iter().any(|(p, _)| p.starts_with("secrets")),
+                "director got {secret_paths:?}"
+            ),
+        }
+        // A card that never booted says so.
+        let status = ok(&piha_status(&[img.to_str().unwrap()]));
+        assert!(
+            status.contains("no status.json: the node has not booted with this card yet"),
+            "{status}"
+        );
+    }
+}
+
+#[test]
+fn stamping_a_gpt_image_changes_only_piha_cfg() {
+    let lab = Lab::new();
+    let img = lab.path("amd64.img");
+    let placed = make_disk(&img, &uefi_layout(piha_cfg(AMD64_IMAGE_JSON)), true);
+    cross_check_with_sfdisk(&img, true);
+    let (start, size) = placed[1];
+    let before = fs::read(&img).unwrap();
+
+    let out = ok(&lab.stamp("cp2", &img));
+    assert!(out.contains("partition 2") && out.contains("GPT partition name"), "{out}");
+    let after = fs::read(&img).unwrap();
+    assert_only_region_changed(&before, &after, start, size);
+    assert!(out.contains(&sha(&after[start as usize..(start + size) as usize])), "{out}");
+    fsck(&img, start, size);
+    let files = mtools_files(&spec(&img, start));
+    assert_eq!(
+        String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap(),
+        lab.expected_node_yaml("cp2")
+    );
+    assert_eq!(
+        mtools_file(&files, "image.json").as_deref(),
+        Some(AMD64_IMAGE_JSON),
+        "image.json is kept byte for byte"
+    );
+    let blkid = String::from_utf8(run(Cmd::new("blkid")
+        .args(["-p", "-o", "export", "-O"])
+        .arg(start.to_string())
+        .arg(&img)))
+    .unwrap();
+    assert!(blkid.contains("LABEL=PIHA-CFG") && blkid.contains("TYPE=vfat"), "{blkid}");
+    cross_check_with_sfdisk(&img, true);
+}
+
+#[test]
+fn stamping_an_mbr_image_changes_only_piha_cfg() {
+    let lab = Lab::new();
+    let img = lab.path("pi.img");
+    let placed = make_disk(&img, &pi_layout(piha_cfg(AMD64_IMAGE_JSON)), false);
+    cross_check_with_sfdisk(&img, false);
+    let (start, size) = placed[1];
+    let before = fs::read(&img).unwrap();
+
+    let out = ok(&lab.stamp("w1", &img));
+    assert!(out.contains("partition 2") && out.contains("FAT label"), "{out}");
+    let after = fs::read(&img).unwrap();
+    assert_only_region_changed(&before, &after, start, size);
+    fsck(&img, start, size);
+    let files = mtools_files(&spec(&img, start));
+    assert_eq!(
+        String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap(),
+        lab.expected_node_yaml("w1")
+    );
+    for (path, contents) in &files {
+        assert!(
+            !String::from_utf8_lossy(contents).contains("PRIVATE KEY"),
+            "worker card holds a private key in {path}"
+        );
+    }
+}
+
+#[test]
+fn a_fresh_unformatted_piha_cfg_partition_is_stamped() {
+    let lab = Lab::new();
+    let img = lab.path("fresh.img");
+    let placed = make_disk(&img, &uefi_layout(Vec::new()), true);
+    let (start, size) = placed[1];
+    ok(&lab.stamp("lb1", &img));
+    fsck(&img, start, size);
+    let files = mtools_files(&spec(&img, start));
+    assert!(mtools_file(&files, "image.json").is_none());
+    assert!(!files.iter().any(|(p, _)| p.starts_with("secrets")));
+}
+
+#[test]
+fn unknown_node_writes_nothing() {
+    let lab = Lab::new();
+    let img = lab.path("amd64.img");
+    make_disk(&img, &uefi_layout(piha_cfg(AMD64_IMAGE_JSON)), true);
+    let before = sha(&fs::read(&img).unwrap());
+    let err = failed(&lab.stamp("cp9", &img));
+    assert!(err.contains("\"cp9\"") && err.contains("lb1, cp1, cp2, cp3, w1"), "{err}");
+    assert_eq!(sha(&fs::read(&img).unwrap()), before);
+
+    let bare = lab.path("cp9.img");
+    failed(&lab.piha(&["stamp", "--node", "cp9", "--partition-image", bare.to_str().unwrap()]));
+    assert!(!bare.exists());
+}
+
+#[test]
+fn an_image_for_another_board_is_refused() {
+    let lab = Lab::new();
+    let img = lab.path("rpi4.img");
+    make_disk(&img, &pi_layout(piha_cfg(br#"{"board": "rpi4", "distro": "ubuntu-noble"}"#)), false);
+    let before = sha(&fs::read(&img).unwrap());
+    let err = failed(&lab.stamp("cp1", &img));
+    assert!(
+        err.contains("\"rpi4\"") && err.contains("\"amd64\"") && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_eq!(sha(&fs::read(&img).unwrap()), before);
+}
+
+#[test]
+fn a_disk_without_piha_cfg_is_explained() {
+    let lab = Lab::new();
+    let img = lab.path("other.img");
+    let mut parts = uefi_layout(Vec::new());
+    parts[1].name = "data";
+    make_disk(&img, &parts, true);
+    let before = sha(&fs::read(&img).unwrap());
+    let err = failed(&lab.stamp("cp1", &img));
+    assert!(
+        err.contains("no PIHA-CFG partition") && err.contains("GPT name \"EFI\"") && err.contains("FAT label \"ESP\""),
+        "{err}"
+    );
+    assert_eq!(sha(&fs::read(&img).unwrap()), before);
+}
+
+#[test]
+fn restamping_changes_the_identity() {
+    let lab = Lab::new();
+    let img = lab.path("amd64.img");
+    let placed = make_disk(&img, &uefi_layout(piha_cfg(AMD64_IMAGE_JSON)), true);
+    let (start, size) = placed[1];
+    ok(&lab.stamp("w1", &img));
+    let first = mtools_files(&spec(&img, start));
+    ok(&lab.stamp("cp3", &img));
+    fsck(&img, start, size);
+    let second = mtools_files(&spec(&img, start));
+    let (a, b) = (
+        mtools_file(&first, "node.yaml").unwrap(),
+        mtools_file(&second, "node.yaml").unwrap(),
+    );
+    assert_ne!(a, b);
+    assert_eq!(String::from_utf8(b).unwrap(), lab.expected_node_yaml("cp3"));
+    assert!(mtools_file(&second, "secrets/pki/ca.key").is_some());
+    assert_eq!(mtools_file(&second, "image.json").as_deref(), Some(AMD64_IMAGE_JSON));
+}
+
+const STATUS_JSON: &str = r#"{
+  "schema": 1,
+  "node": "cp2",
+  "role": "control-plane",
+  "phase": "failed",
+  "updated": 1700000100,
+  "boots": 3,
+  "steps": [
+    {"name": "identity", "outcome": "ok", "started": 1700000000, "finished": 1700000001, "wall_ms": 900},
+    {"name": "control-plane-join", "outcome": "failed", "started": 1700000050,
+     "error": "kubeadm join exited with 1", "stderr_tail": "error execution phase preflight\nconnection refused"}
+  ],
+  "versions": {"piha-agent": "0.1.0"},
+  "error": "step control-plane-join failed"
+}
+"#;
+
+#[test]
+fn status_reads_what_the_agent_wrote() {
+    let lab = Lab::new();
+    let dir = lab.path("status");
+    fs::create_dir(&dir).unwrap();
+    let json_file = dir.join("status.json");
+    fs::write(&json_file, STATUS_JSON).unwrap();
+
+    // On a bare partition image, written the way the agent's vfat mount would.
+    let bare = lab.path("cp2.img");
+    ok(&lab.piha(&["stamp", "--node", "cp2", "--partition-image", bare.to_str().unwrap()]));
+    run(Cmd::new("mcopy")
+        .args(["-i", bare.to_str().unwrap()])
+        .arg(&json_file)
+        .arg("::status.json"));
+    // And inside a GPT image.
+    let img = lab.path("amd64.img");
+    let placed = make_disk(&img, &uefi_layout(piha_cfg(AMD64_IMAGE_JSON)), true);
+    ok(&lab.stamp("cp2", &img));
+    run(Cmd::new("mcopy")
+        .args(["-i", &spec(&img, placed[1].0)])
+        .arg(&json_file)
+        .arg("::status.json"));
+
+    for target in [&bare, &img] {
+        let t = target.to_str().unwrap();
+        let human = ok(&piha_status(&[t]));
+        assert!(human.starts_with("node cp2 (control-plane): phase failed"), "{human}");
+        assert!(
+            human.contains("control-plane-join") && human.contains("kubeadm join exited with 1"),
+            "{human}"
+        );
+        assert!(human.contains("| connection refused"), "{human}");
+        let raw = ok(&piha_status(&[t, "--json"]));
+        let got: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        let want: serde_json::Value = serde_json::from_str(STATUS_JSON).unwrap();
+        assert_eq!(got, want);
+    }
+    fsck(&bare, 0, 16 * MIB);
+}
