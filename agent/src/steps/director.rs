@@ -1,0 +1,154 @@
+//! director: write keepalived.conf, enable and (re)start keepalived, and
+//! check that the IPVS table shows the virtual server VIP:port.
+//!
+//! The real servers are not required to be in the table yet: keepalived's
+//! TCP health check removes control planes whose API does not answer, and a
+//! director usually boots before them. They are logged for diagnosis.
+
+use std::net::SocketAddrV4;
+
+use anyhow::Context;
+use piha_config::node::NodeConfig;
+use piha_config::render::{self, KEEPALIVED_CONF, keepalived};
+use piha_runner::Cmd;
+
+use super::Env;
+use super::ipvs;
+use crate::files;
+use crate::retry::retry;
+
+const SERVICE: &str = "keepalived.service";
+
+pub fn run(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
+    let mut rendered = render::role_files(cfg, None).context("rendering keepalived.conf")?;
+    if cfg.node.interface.is_none() {
+        // The renderer's default VRRP interface is a guess (eth0); the NIC that
+        // holds this node's address once identity applied the network is a fact.
+        if let Some(nic) = nic_holding_address(env, cfg) {
+            if let Some(conf) = keepalived::config_on(cfg, &nic).context("rendering keepalived.conf")? {
+                for f in rendered.iter_mut().filter(|f| f.path == KEEPALIVED_CONF) {
+                    f.contents = conf.clone();
+                }
+            }
+        }
+    }
+    let changed = files::apply(env.paths, &rendered)?;
+
+    env.runner
+        .run(&Cmd::new("keepalived").args(["--config-test", "-f", KEEPALIVED_CONF]))
+        .with_context(|| format!("keepalived rejects {KEEPALIVED_CONF}"))?;
+    env.runner
+        .run(&Cmd::new("systemctl").args(["enable", "--now", SERVICE]))
+        .context("starting keepalived")?;
+    if !changed.is_empty() {
+        env.runner
+            .run(&Cmd::new("systemctl").args(["restart", SERVICE]))
+            .context("restarting keepalived with the new configuration")?;
+    }
+
+    let vip = SocketAddrV4::new(cfg.cluster.vip, cfg.cluster.api_port);
+    let listing = Cmd::new("ipvsadm").arg("-Ln");
+    let service = retry(
+        &format!("waiting for the IPVS virtual server {vip}"),
+        &env.timings.ipvs,
+        env.sleeper,
+        || {
+            let out = env.runner.run(&listing).map_err(|e| e.to_string())?;
+            let services = ipvs::parse(&out.stdout_str());
+            ipvs::find(&services, vip)
+                .cloned()
+                .ok_or_else(|| format!("`ipvsadm -Ln` does not list TCP {vip} yet"))
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e} (fix: `journalctl -u keepalived` on this node says why keepalived did not program it)"))?;
+    let reals: Vec<&str> = service.real_servers.iter().map(|r| r.address.as_str()).collect();
+    log::info!("IPVS: TCP {vip} {} -> [{}]", service.scheduler, reals.join(", "));
+    Ok(())
+}
+
+/// The NIC holding the node's address, or `None` (logged) if it cannot be told.
+fn nic_holding_address(env: &Env, cfg: &NodeConfig) -> Option<String> {
+    let address = cfg.node.address.addr();
+    let out = match env.runner.run(&Cmd::new("ip").args(["-j", "-4", "addr", "show"])) {
+        Ok(out) => out,
+        Err(e) => {
+            log::warn!("cannot list addresses ({e}); keepalived uses the default interface");
+            return None;
+        }
+    };
+    match ipvs::nic_holding(&out.stdout, address) {
+        Ok(Some(nic)) => Some(nic),
+        Ok(None) => {
+            log::warn!("no interface holds {address} yet; keepalived uses the default interface");
+            None
+        }
+        Err(e) => {
+            log::warn!("cannot parse `ip -j -4 addr show` ({e}); keepalived uses the default interface");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use piha_config::render::KEEPALIVED_CONF;
+    use piha_runner::Output;
+
+    use crate::agent::Ending;
+    use crate::testing::Scratch;
+
+    fn stdout(text: &str) -> Result<Output, String> {
+        Ok(Output {
+            stdout: text.as_bytes().to_vec(),
+            stderr: Vec::new(),
+        })
+    }
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/agent").join(name)).unwrap()
+    }
+
+    #[test]
+    fn keepalived_on_the_nic_holding_the_address_and_the_vip_in_ipvs() {
+        let s = Scratch::new("lb1");
+        s.runner.rec.respond("ip", stdout(&fixture("ip-addr.json")));
+        s.runner.rec.respond("ipvsadm", stdout("Prot LocalAddress:Port Scheduler Flags\n"));
+        s.runner
+            .rec
+            .respond("ipvsadm", stdout(&fixture("ipvsadm-Ln.txt").replace("10.10.197.101", "10.0.2.100")));
+        assert_eq!(s.run(), Ending::Done);
+        let conf = s.read(KEEPALIVED_CONF);
+        assert!(conf.contains("interface ens3"), "{conf}");
+        assert!(conf.contains("10.0.2.100"), "{conf}");
+        assert_eq!(s.mode(KEEPALIVED_CONF), 0o644);
+        let commands = s.commands();
+        let test = s
+            .position("keepalived --config-test -f /etc/keepalived/keepalived.conf")
+            .expect("config checked");
+        let start = s.position("systemctl enable --now keepalived.service").unwrap();
+        assert!(test < start);
+        assert_eq!(
+            commands.iter().filter(|c| *c == "ipvsadm -Ln").count(),
+            2,
+            "retried until the VIP shows: {commands:#?}"
+        );
+        assert!(
+            !commands
+                .iter()
+                .any(|c| c.starts_with("kubeadm") && !c.starts_with("kubeadm version")),
+            "{commands:#?}"
+        );
+        assert!(!s.card.path().join("secrets").exists());
+    }
+
+    #[test]
+    fn a_missing_virtual_server_fails_the_step() {
+        let s = Scratch::new("lb1");
+        assert_eq!(s.run(), Ending::Failed);
+        let error = s.status().error.unwrap();
+        assert!(
+            error.contains("does not list TCP 10.0.2.100:6443") && error.contains("journalctl -u keepalived"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! init-control-plane: the first control plane. Places the CAs, runs
+//! `kubeadm init`, brings up the realServer VIP once its own API server
+//! answers, and applies the CNI manifest shipped in the image.
+//!
+//! Why the VIP goes up *while* kubeadm init runs: kubeadm's later phases
+//! (uploading its config, the bootstrap token, the kubelet's registration)
+//! talk to controlPlaneEndpoint = VIP:port. Before this node answers for the
+//! VIP on lo, those packets go to the director, which can only forward them
+//! back to this node, which (without the VIP) drops them: init would hang
+//! until it times out. So kubeadm runs on a thread while this thread waits for
+//! the local API server (127.0.0.1:port) and starts the realServer as soon as
+//! it answers — "once the local API server answers", as DESIGN.md says, and
+//! before kubeadm needs the VIP. Unlike a joining control plane, nothing else
+//! can be behind the VIP yet, so there is no one to "talk to itself" instead.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+
+use anyhow::Context;
+use piha_config::node::NodeConfig;
+use piha_runner::Cmd;
+
+use super::kubeadm::{self, DONE, STARTED};
+use super::{Env, Step};
+use crate::api_wait::wait_for_api;
+use crate::paths::{ADMIN_CONF, CNI_DIR};
+use crate::retry::retry;
+use crate::state::Store;
+
+/// Fact key in status.json's versions: which CNI manifests were applied.
+pub const CNI_FACT: &str = "cni";
+
+pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<Vec<(String, String)>> {
+    let step = Step::InitControlPlane.name();
+    kubeadm::write_role_files(env, cfg)?;
+    kubeadm::enable_kubelet(env)?;
+    let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, cfg.cluster.api_port);
+    let mut vip_up = false;
+    if !store.has_mark(step, DONE) {
+        kubeadm::reset_if_needed(env, store, step)?;
+        kubeadm::place_pki(env, cfg)?;
+        store.mark(step, STARTED)?;
+        vip_up = init_raising_vip(env, local)?;
+        store.mark(step, DONE)?;
+    }
+    if !vip_up {
+        // kubeadm finished before this thread saw the API, or an earlier boot ran it.
+        wait_for_api("the local API server", local, &env.timings.local_api, env.probe, env.sleeper).map_err(anyhow::Error::msg)?;
+        kubeadm::start_realserver(env)?;
+    }
+    let cni = apply_cni(env)?;
+    Ok(vec![(CNI_FACT.to_string(), cni)])
+}
+
+/// Runs `kubeadm init` and, concurrently, raises the VIP once the local API
+/// server answers. Returns whether the VIP went up during init.
+fn init_raising_vip(env: &Env, local: SocketAddrV4) -> anyhow::Result<bool> {
+    let cmd = kubeadm::command("init");
+    std::thread::scope(|scope| {
+        let init = scope.spawn(|| env.runner.run(&cmd));
+        let mut vip_up = Ok(false);
+        let mut n = 1;
+        while !init.is_finished() {
+            if env.probe.answers(local).is_ok() {
+                log::info!("the local API server answers at {local}; bringing up the VIP while kubeadm init finishes");
+                vip_up = kubeadm::start_realserver(env).map(|()| true);
+                break;
+            }
+            env.sleeper
+                .sleep(env.timings.local_api.pause(n).min(std::time::Duration::from_secs(2)));
+            n += 1;
+        }
+        let result = init
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread running kubeadm init panicked"))?;
+        result.context("kubeadm init failed; the next boot resets and tries again")?;
+        vip_up
+    })
+}
+
+/// Applies every `*.yaml` under /usr/share/piha/cni in name order; returns
+/// what was applied for the report. An image without one is reported, not an
+/// error: the cluster works once the user applies a CNI of their choice.
+fn apply_cni(env: &Env) -> anyhow::Result<String> {
+    let dir = env.paths.host(CNI_DIR);
+    let mut manifests: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    manifests.sort();
+    if manifests.is_empty() {
+        log::warn!("no CNI manifest in {CNI_DIR}: pods will not get networking until one is applied");
+        return Ok(format!("none: the image ships no manifest in {CNI_DIR}; apply a CNI with kubectl"));
+    }
+    for m in &manifests {
+        let path = Path::new(CNI_DIR).join(m);
+        let cmd = Cmd::new("kubectl").args(["--kubeconfig", ADMIN_CONF, "apply", "-f"]).arg(&path);
+        retry(&format!("applying {}", path.display()), &env.timings.cni_apply, env.sleeper, || {
+            env.runner.run(&cmd)
+        })
+        .with_context(|| format!("applying the CNI manifest {}", path.display()))?;
+    }
+    Ok(manifests.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use piha_config::render::{KUBEADM_CONFIG, VIP_FILE};
+
+    use super::CNI_FACT;
+    use crate::agent::Ending;
+    use crate::paths::CNI_DIR;
+    use crate::steps::kubeadm::{DONE, STARTED};
+    use crate::testing::{Scratch, TOKEN};
+
+    #[test]
+    fn init_places_pki_runs_kubeadm_then_raises_the_vip() {
+        let s = Scratch::new("cp1");
+        assert_eq!(s.run(), Ending::Done);
+        let commands = s.commands();
+        let init = s.position("kubeadm init").expect("kubeadm init ran");
+        assert_eq!(commands[init], "kubeadm init --config /etc/piha/kubeadm.yaml");
+        assert!(!commands.iter().any(|c| c.contains("--upload-certs")), "{commands:#?}");
+        let answered = s.position("#probe 127.0.0.1:6443 answers").expect("the local API was probed");
+        let vip = s
+            .position("systemctl enable --now piha-realserver.service")
+            .expect("the VIP came up");
+        assert!(
+            init < answered && answered < vip,
+            "VIP only once the local API answers: {commands:#?}"
+        );
+        assert_eq!(commands.iter().filter(|c| c.contains("piha-realserver")).count(), 1);
+
+        for (file, mode) in [
+            ("ca.crt", 0o644),
+            ("ca.key", 0o600),
+            ("etcd/ca.crt", 0o644),
+            ("etcd/ca.key", 0o600),
+            ("front-proxy-ca.crt", 0o644),
+            ("front-proxy-ca.key", 0o600),
+            ("sa.key", 0o600),
+            ("sa.pub", 0o644),
+        ] {
+            let path = format!("/etc/kubernetes/pki/{file}");
+            assert_eq!(s.mode(&path), mode, "{path}");
+            assert_eq!(s.read(&path), format!("test material for pki/{file}\n"));
+        }
+        assert!(!s.paths.host("/etc/kubernetes/pki/bootstrap-token").exists());
+        assert_eq!(s.mode(KUBEADM_CONFIG), 0o600);
+        assert!(
+            s.read(KUBEADM_CONFIG).contains(TOKEN),
+            "the card's token goes into InitConfiguration"
+        );
+        assert_eq!(s.read(VIP_FILE), "VIP=10.0.2.100\n");
+        assert!(s.state().has_mark("init-control-plane", DONE));
+        let cni = s.status().versions.get(CNI_FACT).cloned().unwrap();
+        assert!(cni.starts_with("none: the image ships no manifest"), "{cni}");
+    }
+
+    #[test]
+    fn the_shipped_cni_manifest_is_applied() {
+        let s = Scratch::new("cp1");
+        let dir = s.paths.host(CNI_DIR);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("flannel.yaml"), "kind: List\n").unwrap();
+        std::fs::write(dir.join("README"), "not a manifest").unwrap();
+        assert_eq!(s.run(), Ending::Done);
+        let apply = s.position("kubectl").expect("kubectl ran");
+        assert_eq!(
+            s.commands()[apply],
+            "kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /usr/share/piha/cni/flannel.yaml"
+        );
+        assert!(apply > s.position("systemctl enable --now piha-realserver.service").unwrap());
+        assert_eq!(s.status().versions.get(CNI_FACT).map(String::as_str), Some("flannel.yaml"));
+        // Later boots still report it.
+        assert_eq!(s.run(), Ending::Done);
+        assert_eq!(s.status().versions.get(CNI_FACT).map(String::as_str), Some("flannel.yaml"));
+    }
+
+    #[test]
+    fn an_interrupted_init_is_reset_before_trying_again() {
+        let s = Scratch::new("cp1");
+        s.runner
+            .fail_once("kubeadm init", "[wait-control-plane] timed out waiting for the condition");
+        assert_eq!(s.run(), Ending::Failed);
+        let status = s.status();
+        let step = status.steps.last().unwrap();
+        assert_eq!(step.name, "init-control-plane");
+        assert!(step.stderr_tail.as_deref().unwrap().contains("timed out waiting"), "{step:?}");
+        assert!(s.state().has_mark("init-control-plane", STARTED));
+
+        // kubeadm reset empties /etc/kubernetes/pki: the CAs must be placed again after it.
+        std::fs::remove_file(s.paths.host("/etc/kubernetes/pki/ca.key")).unwrap();
+        s.clear_commands();
+        assert_eq!(s.run(), Ending::Done);
+        let reset = s.position("kubeadm reset -f").expect("reset before retrying");
+        assert!(reset < s.position("kubeadm init").unwrap());
+        assert_eq!(
+            std::fs::metadata(s.paths.host("/etc/kubernetes/pki/ca.key"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn leftovers_without_a_recorded_run_are_reset_too() {
+        let s = Scratch::new("cp1");
+        let manifests = s.paths.host("/etc/kubernetes/manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(manifests.join("kube-apiserver.yaml"), "kind: Pod\n").unwrap();
+        assert_eq!(s.run(), Ending::Done);
+        assert!(s.position("kubeadm reset -f").unwrap() < s.position("kubeadm init").unwrap());
+    }
+}

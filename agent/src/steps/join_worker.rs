@@ -1,0 +1,43 @@
+//! join-worker: wait (without limit) for the cluster's API at VIP:port, then
+//! `kubeadm join`. A worker never gets the VIP: it is a client of it.
+
+use std::net::SocketAddrV4;
+
+use piha_config::node::NodeConfig;
+
+use super::kubeadm::{self, DONE};
+use super::{Env, Step};
+use crate::state::Store;
+
+pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<()> {
+    let step = Step::JoinWorker.name();
+    kubeadm::write_role_files(env, cfg)?;
+    kubeadm::enable_kubelet(env)?;
+    if !store.has_mark(step, DONE) {
+        let api = SocketAddrV4::new(cfg.cluster.vip, cfg.cluster.api_port);
+        kubeadm::join(env, store, step, cfg, api)?;
+        store.mark(step, DONE)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::agent::Ending;
+    use crate::testing::{Scratch, TOKEN, ca_cert_hash};
+
+    #[test]
+    fn a_worker_waits_joins_and_never_gets_the_vip() {
+        let s = Scratch::new("w1");
+        *s.probe.vip_refusals.lock().unwrap() = 2;
+        assert_eq!(s.run(), Ending::Done);
+        let commands = s.commands();
+        assert!(s.position("#probe 10.0.2.100:6443 answers").unwrap() < s.position("kubeadm join").unwrap());
+        assert!(!commands.iter().any(|c| c.contains("realserver")), "{commands:#?}");
+        assert!(!s.paths.host("/etc/piha/vip.env").exists());
+        assert!(!s.paths.host("/etc/kubernetes/pki").exists(), "a worker gets no CA keys");
+        let config = s.read("/etc/piha/kubeadm.yaml");
+        assert!(config.contains(TOKEN) && config.contains(&ca_cert_hash()), "{config}");
+        assert!(!config.contains("controlPlane"), "{config}");
+    }
+}

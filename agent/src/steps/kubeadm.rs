@@ -1,0 +1,172 @@
+//! What the three kubeadm roles share: the role's files, the PKI from the
+//! card, the kubelet unit, and running kubeadm so that a power cut or a
+//! failure in the middle is recovered.
+//!
+//! kubeadm init/join are not idempotent: a half-done run leaves manifests,
+//! kubeconfigs, certificates and etcd data that make the next run fail its
+//! preflight checks. So before running kubeadm the step records the mark
+//! `kubeadm-started`, and after it succeeded `kubeadm-done`. If a run finds
+//! `kubeadm-started` without `kubeadm-done`, or kubeadm's files on a node
+//! whose state does not say it ran (state reset by hand, re-stamped card),
+//! it first runs `kubeadm reset -f`. That also empties /etc/kubernetes/pki,
+//! so the CAs are placed again afterwards, every time.
+//!
+//! The window between kubeadm succeeding and `kubeadm-done` being saved is
+//! milliseconds; a power cut exactly there costs a reset and a re-run, which
+//! is safe for every role (a re-joining node may have to wait for the cluster
+//! to see its old Node object NotReady, which the join retries cover).
+
+use std::net::SocketAddrV4;
+
+use anyhow::Context;
+use piha_config::node::NodeConfig;
+use piha_config::render::{self, KUBEADM_CONFIG};
+use piha_config::secrets::for_role;
+use piha_runner::Cmd;
+
+use super::Env;
+use crate::api_wait::wait_for_api;
+use crate::atomic::{self, Perm};
+use crate::config_partition;
+use crate::files;
+use crate::paths::{ADMIN_CONF, KUBERNETES_DIR, PKI_DIR};
+use crate::state::Store;
+
+pub const STARTED: &str = "kubeadm-started";
+pub const DONE: &str = "kubeadm-done";
+
+/// The realServer unit (overlays/agent): VIP/32 on lo plus the ARP sysctls.
+pub const REALSERVER_UNIT: &str = "piha-realserver.service";
+
+/// Where distributions install the kubelet unit.
+const KUBELET_UNITS: [&str; 3] = [
+    "/etc/systemd/system/kubelet.service",
+    "/usr/lib/systemd/system/kubelet.service",
+    "/lib/systemd/system/kubelet.service",
+];
+
+/// Writes the role's files (kubeadm config with the card's token and CA
+/// hash, the VIP file on control planes).
+pub fn write_role_files(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
+    let secrets = config_partition::join_secrets(env.paths)?;
+    let rendered = render::role_files(cfg, Some(&secrets)).context("rendering the kubeadm configuration")?;
+    files::apply(env.paths, &rendered)?;
+    Ok(())
+}
+
+/// Enables the kubelet so it starts on later boots. The image is the same for
+/// every role and the preset leaves the kubelet off (a director must not run
+/// it); kubeadm starts it now but does not enable it. The test profile has no
+/// kubelet (its recording kubeadm stands in), hence "if installed".
+pub fn enable_kubelet(env: &Env) -> anyhow::Result<()> {
+    if KUBELET_UNITS.iter().any(|u| env.paths.host(u).exists()) {
+        env.runner
+            .run(&Cmd::new("systemctl").args(["enable", "kubelet.service"]))
+            .context("enabling the kubelet")?;
+    } else {
+        log::warn!("kubelet.service is not installed; not enabling it (only the test profile lacks it)");
+    }
+    Ok(())
+}
+
+/// What an earlier, unrecorded kubeadm run leaves behind.
+pub fn leftovers(env: &Env) -> Vec<String> {
+    let mut found = Vec::new();
+    let manifests = env.paths.host(&format!("{KUBERNETES_DIR}/manifests"));
+    if std::fs::read_dir(&manifests).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        found.push(format!("{KUBERNETES_DIR}/manifests/"));
+    }
+    for f in [ADMIN_CONF, "/etc/kubernetes/kubelet.conf", "/var/lib/etcd/member"] {
+        if env.paths.host(f).exists() {
+            found.push(f.to_string());
+        }
+    }
+    found
+}
+
+/// Runs `kubeadm reset -f` if an earlier run started kubeadm and did not
+/// finish it, or left its files behind.
+pub fn reset_if_needed(env: &Env, store: &Store, step: &str) -> anyhow::Result<()> {
+    let found = leftovers(env);
+    let started = store.has_mark(step, STARTED);
+    if !started && found.is_empty() {
+        return Ok(());
+    }
+    let why = if started {
+        "an earlier kubeadm run did not finish".to_string()
+    } else {
+        format!("kubeadm left {}", found.join(", "))
+    };
+    log::warn!("{why}: running `kubeadm reset -f` before trying again");
+    env.runner
+        .run(&Cmd::new("kubeadm").args(["reset", "-f"]))
+        .context("cleaning up an unfinished kubeadm run")?;
+    Ok(())
+}
+
+/// Places the CAs and service-account keys from the card under
+/// /etc/kubernetes/pki: keys 0600, certificates 0644, so kubeadm init and
+/// join --control-plane reuse them (nothing is uploaded or copied between nodes).
+pub fn place_pki(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
+    for secret in for_role(cfg.node.role).iter().filter(|s| s.pki) {
+        let contents = config_partition::read_secret(env.paths, *secret)?;
+        let rel = secret.rel.strip_prefix("pki/").unwrap_or(secret.rel);
+        let dest = env.paths.host(&format!("{PKI_DIR}/{rel}"));
+        if let Some(dir) = dest.parent() {
+            atomic::create_dirs(dir, Perm::root(0o755)).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mode = if secret.private { 0o600 } else { 0o644 };
+        atomic::write(&dest, &contents, Some(Perm::root(mode))).with_context(|| format!("writing {}", dest.display()))?;
+    }
+    log::info!("placed the cluster CAs and service-account keys under {PKI_DIR}");
+    Ok(())
+}
+
+/// `kubeadm init|join --config /etc/piha/kubeadm.yaml`. Never
+/// `--upload-certs`: the CAs are already on every control plane.
+pub fn command(verb: &str) -> Cmd {
+    Cmd::new("kubeadm").args([verb, "--config", KUBEADM_CONFIG])
+}
+
+/// Brings up the realServer: VIP/32 on lo and the ARP sysctls. Enabled, so
+/// it comes back at every boot; `--now` is a no-op when it is already up.
+pub fn start_realserver(env: &Env) -> anyhow::Result<()> {
+    env.runner
+        .run(&Cmd::new("systemctl").args(["enable", "--now", REALSERVER_UNIT]))
+        .context("bringing up the realServer VIP on lo")?;
+    Ok(())
+}
+
+/// `kubeadm join` for a worker or a joining control plane: waits for the API
+/// at the VIP (without limit), then joins; a failed join is reset and tried
+/// again a few times (e.g. etcd learner promotion timing out on a slow card),
+/// then the step fails and the next boot starts over.
+pub fn join(env: &Env, store: &mut Store, step: &str, cfg: &NodeConfig, api: SocketAddrV4) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
+        wait_for_api("the cluster's API", api, &env.timings.remote_api, env.probe, env.sleeper).map_err(anyhow::Error::msg)?;
+        reset_if_needed(env, store, step)?;
+        if cfg.node.role == piha_config::cluster::Role::ControlPlane {
+            place_pki(env, cfg)?;
+        }
+        store.mark(step, STARTED)?;
+        match env.runner.run(&command("join")) {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < env.timings.join_attempts => {
+                log::warn!(
+                    "kubeadm join failed (try {attempt} of {}): {e}; trying again",
+                    env.timings.join_attempts
+                );
+                env.sleeper.sleep(env.timings.join_pause);
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "kubeadm join failed {attempt} times; the next boot tries again (`journalctl -u kubelet` on this node says more)"
+                    )
+                });
+            }
+        }
+    }
+}
