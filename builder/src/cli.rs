@@ -30,6 +30,8 @@ pub enum Command {
     Stamp(StampOpts),
     /// Build a flashable disk image for a board.
     Build(BuildOpts),
+    /// Write an image to a card (only its mapped blocks, verified by reading back), then stamp a node onto it.
+    Flash(FlashOpts),
     /// Check every host tool piha needs and say how to install what is missing.
     Doctor(DoctorOpts),
     /// Read the agent's status.json from a card or image.
@@ -149,6 +151,55 @@ pub struct BuildOpts {
     #[arg(long)]
     pub no_cache: bool,
     /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A `NODE=DEVICE` pair for `piha flash --all --pairs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePair {
+    pub node: String,
+    pub device: PathBuf,
+}
+
+fn parse_device_pair(s: &str) -> Result<DevicePair, String> {
+    match s.split_once('=') {
+        Some((node, device)) if !node.is_empty() && !device.is_empty() => Ok(DevicePair { node: node.to_string(), device: PathBuf::from(device) }),
+        _ => Err(format!("{s:?} is not NODE=DEVICE (e.g. cp1=/dev/sdb)")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct FlashOpts {
+    /// Image to write: .img, .img.zst or .img.xz; a .bmap beside it (X.img.bmap or X.bmap) is used when present.
+    pub image: PathBuf,
+    /// Whole-disk block device to write, e.g. /dev/sdb or /dev/mmcblk0.
+    #[arg(long, short = 'd', conflicts_with_all = ["to_file", "all"], required_unless_present_any = ["to_file", "all"])]
+    pub device: Option<PathBuf>,
+    /// Write a sparse image file (for a VM) instead of a device.
+    #[arg(long, conflicts_with = "all")]
+    pub to_file: Option<PathBuf>,
+    /// Node from the cluster file whose identity is stamped onto the card's PIHA-CFG partition.
+    #[arg(long, short = 'n', conflicts_with = "all", required_unless_present = "all")]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Flash one card per node of the cluster file, in order, recording each in flash-ledger.json beside it.
+    #[arg(long)]
+    pub all: bool,
+    /// With --all: NODE=DEVICE pairs to use instead of asking, comma-separated (cp1=/dev/sdb,w1=/dev/sdc).
+    #[arg(long, requires = "all", value_delimiter = ',', value_parser = parse_device_pair)]
+    pub pairs: Vec<DevicePair>,
+    /// Block map to use instead of the one found beside the image.
+    #[arg(long)]
+    pub bmap: Option<PathBuf>,
+    /// Write without asking for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Allow a disk that is neither removable nor on USB/MMC (an internal disk, a loop device).
+    #[arg(long)]
+    pub allow_non_removable: bool,
+    /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
