@@ -236,7 +236,6 @@ fn units_pass_systemd_analyze_verify() {
         "piha-agent.service",
         "boot-piha.mount",
         "piha-realserver.service",
-        "piha-test-poweroff.service",
         "piha-fake-apiserver.socket",
     ];
     let out = Command::new("systemd-analyze")
@@ -267,8 +266,13 @@ fn presets_enable_the_agent_and_leave_role_services_to_it() {
             "disable kubelet.service"
         ]
     );
-    let test = std::fs::read_to_string(overlay("test/usr/lib/systemd/system-preset/79-piha-test.preset")).unwrap();
-    assert!(test.lines().any(|l| l == "enable piha-test-poweroff.service"));
+    // The test profile powers the VM off after the agent through a drop-in,
+    // never through a unit that multi-user.target would wait for.
+    let dropin = std::fs::read_to_string(overlay("test/usr/lib/systemd/system/piha-agent.service.d/50-piha-test.conf")).unwrap();
+    assert!(dropin.contains("ExecStopPost=/usr/lib/piha/test/collect\n"), "{dropin}");
+    assert!(dropin.contains("ExecStopPost=/usr/bin/systemctl --no-block poweroff\n"), "{dropin}");
+    let agent = std::fs::read_to_string(overlay("agent/usr/lib/systemd/system/piha-agent.service")).unwrap();
+    assert!(agent.contains("Type=exec\n") && !agent.contains("RemainAfterExit"), "{agent}");
     // The agent unit's mount must be the unit for its mount point.
     let mount = std::fs::read_to_string(overlay("agent/usr/lib/systemd/system/boot-piha.mount")).unwrap();
     assert!(mount.contains("Where=/boot/piha\n") && mount.contains("What=/dev/disk/by-label/PIHA-CFG\n"));
