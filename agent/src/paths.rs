@@ -17,8 +17,6 @@ pub const STATE_FILE: &str = "/var/lib/piha/state.json";
 pub const COMMAND_LOG: &str = "/var/lib/piha/commands.log";
 /// Canned stdout for the dry-run hook: `<dir>/<program>.stdout`.
 pub const DRY_RUN_DIR: &str = "/var/lib/piha/dry-run";
-/// CNI manifests shipped in the image, applied in name order on the init control plane.
-pub const CNI_DIR: &str = "/usr/share/piha/cni";
 /// Where kubeadm and the PKI files live.
 pub const KUBERNETES_DIR: &str = "/etc/kubernetes";
 pub const PKI_DIR: &str = "/etc/kubernetes/pki";

@@ -1,6 +1,7 @@
 //! init-control-plane: the first control plane. Places the CAs, runs
 //! `kubeadm init`, brings up the realServer VIP once its own API server
-//! answers, and applies the CNI manifest shipped in the image.
+//! answers, and applies the CNI manifest rendered from node.yaml (Flannel,
+//! `piha_config::render::cni`), written with the role's files.
 //!
 //! Why the VIP goes up *while* kubeadm init runs: kubeadm's later phases
 //! (uploading its config, the bootstrap token, the kubelet's registration)
@@ -18,12 +19,13 @@ use std::path::Path;
 
 use anyhow::Context;
 use piha_config::node::NodeConfig;
+use piha_config::render::CNI_DIR;
 use piha_runner::Cmd;
 
 use super::kubeadm::{self, DONE, STARTED};
 use super::{Env, Step};
 use crate::api_wait::wait_for_api;
-use crate::paths::{ADMIN_CONF, CNI_DIR};
+use crate::paths::ADMIN_CONF;
 use crate::retry::retry;
 use crate::state::Store;
 
@@ -78,9 +80,11 @@ fn init_raising_vip(env: &Env, local: SocketAddrV4) -> anyhow::Result<bool> {
     })
 }
 
-/// Applies every `*.yaml` under /usr/share/piha/cni in name order; returns
-/// what was applied for the report. An image without one is reported, not an
-/// error: the cluster works once the user applies a CNI of their choice.
+/// Applies every `*.yaml` under /etc/piha/cni in name order (the rendered
+/// Flannel manifest, `10-flannel.yaml`); returns what was applied for the
+/// report. `kubectl apply` is idempotent, so a retry after a power cut is safe.
+/// An empty directory is reported, not an error: the cluster works once the
+/// user applies a CNI of their choice.
 fn apply_cni(env: &Env) -> anyhow::Result<String> {
     let dir = env.paths.host(CNI_DIR);
     let mut manifests: Vec<String> = std::fs::read_dir(&dir)
@@ -95,7 +99,7 @@ fn apply_cni(env: &Env) -> anyhow::Result<String> {
     manifests.sort();
     if manifests.is_empty() {
         log::warn!("no CNI manifest in {CNI_DIR}: pods will not get networking until one is applied");
-        return Ok(format!("none: the image ships no manifest in {CNI_DIR}; apply a CNI with kubectl"));
+        return Ok(format!("none: no manifest in {CNI_DIR}; apply a CNI with kubectl"));
     }
     for m in &manifests {
         let path = Path::new(CNI_DIR).join(m);
@@ -112,11 +116,10 @@ fn apply_cni(env: &Env) -> anyhow::Result<String> {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use piha_config::render::{KUBEADM_CONFIG, VIP_FILE};
+    use piha_config::render::{CNI_DIR, FLANNEL_MANIFEST, KUBEADM_CONFIG, VIP_FILE};
 
     use super::CNI_FACT;
     use crate::agent::Ending;
-    use crate::paths::CNI_DIR;
     use crate::steps::kubeadm::{DONE, STARTED};
     use crate::testing::{Scratch, TOKEN};
 
@@ -160,28 +163,63 @@ mod tests {
         );
         assert_eq!(s.read(VIP_FILE), "VIP=10.0.2.100\n");
         assert!(s.state().has_mark("init-control-plane", DONE));
-        let cni = s.status().versions.get(CNI_FACT).cloned().unwrap();
-        assert!(cni.starts_with("none: the image ships no manifest"), "{cni}");
+        assert_eq!(s.status().versions.get(CNI_FACT).map(String::as_str), Some("10-flannel.yaml"));
     }
 
     #[test]
-    fn the_shipped_cni_manifest_is_applied() {
+    fn the_rendered_flannel_manifest_is_applied_after_the_vip() {
+        let s = Scratch::new("cp1");
+        assert_eq!(s.run(), Ending::Done);
+        assert_eq!(s.mode(FLANNEL_MANIFEST), 0o644);
+        let manifest = s.read(FLANNEL_MANIFEST);
+        // qemu-lab's kubernetes.pod_subnet, from node.yaml.
+        assert!(manifest.contains("\"Network\": \"10.244.0.0/16\""), "{manifest}");
+        assert!(manifest.contains("kind: DaemonSet\n"), "{manifest}");
+        let applies: Vec<String> = s.commands().into_iter().filter(|c| c.starts_with("kubectl")).collect();
+        assert_eq!(
+            applies,
+            ["kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /etc/piha/cni/10-flannel.yaml"]
+        );
+        let apply = s.position("kubectl").expect("kubectl ran");
+        assert!(apply > s.position("systemctl enable --now piha-realserver.service").unwrap());
+    }
+
+    #[test]
+    fn extra_manifests_beside_it_are_applied_in_name_order() {
         let s = Scratch::new("cp1");
         let dir = s.paths.host(CNI_DIR);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("flannel.yaml"), "kind: List\n").unwrap();
+        std::fs::write(dir.join("20-extra.yaml"), "kind: List\n").unwrap();
         std::fs::write(dir.join("README"), "not a manifest").unwrap();
         assert_eq!(s.run(), Ending::Done);
-        let apply = s.position("kubectl").expect("kubectl ran");
+        let applies: Vec<String> = s.commands().into_iter().filter(|c| c.starts_with("kubectl")).collect();
         assert_eq!(
-            s.commands()[apply],
-            "kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /usr/share/piha/cni/flannel.yaml"
+            applies,
+            [
+                "kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /etc/piha/cni/10-flannel.yaml",
+                "kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f /etc/piha/cni/20-extra.yaml",
+            ]
         );
-        assert!(apply > s.position("systemctl enable --now piha-realserver.service").unwrap());
-        assert_eq!(s.status().versions.get(CNI_FACT).map(String::as_str), Some("flannel.yaml"));
+        assert_eq!(
+            s.status().versions.get(CNI_FACT).map(String::as_str),
+            Some("10-flannel.yaml, 20-extra.yaml")
+        );
         // Later boots still report it.
         assert_eq!(s.run(), Ending::Done);
-        assert_eq!(s.status().versions.get(CNI_FACT).map(String::as_str), Some("flannel.yaml"));
+        assert_eq!(
+            s.status().versions.get(CNI_FACT).map(String::as_str),
+            Some("10-flannel.yaml, 20-extra.yaml")
+        );
+    }
+
+    #[test]
+    fn a_failed_apply_is_retried() {
+        let s = Scratch::new("cp1");
+        s.runner
+            .fail_once("kubectl", "The connection to the server 10.0.2.100:6443 was refused");
+        assert_eq!(s.run(), Ending::Done);
+        let applies = s.commands().into_iter().filter(|c| c.starts_with("kubectl")).count();
+        assert_eq!(applies, 2, "{:#?}", s.commands());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! files come from handlebars templates under `overlays/templates/`, embedded at
 //! compile time so the agent binary carries them.
 
+pub mod cni;
 pub mod host_prep;
 pub mod hosts;
 pub mod keepalived;
@@ -20,6 +21,8 @@ pub mod timesync;
 use crate::cluster::Role;
 use crate::k8s::VersionError;
 use crate::node::NodeConfig;
+
+pub use cni::{CNI_DIR, FLANNEL_MANIFEST};
 
 /// The kubeadm configuration (`kubeadm init|join --config`). Holds the token: 0600.
 pub const KUBEADM_CONFIG: &str = "/etc/piha/kubeadm.yaml";
@@ -165,7 +168,8 @@ pub fn runtime_files(cfg: &NodeConfig) -> Result<Vec<RenderedFile>, RenderError>
 }
 
 /// The role's files: kubeadm config and the realServer VIP file on control
-/// planes, kubeadm config on workers, keepalived.conf on directors.
+/// planes (plus the CNI manifest on the init control plane), kubeadm config on
+/// workers, keepalived.conf on directors.
 pub fn role_files(cfg: &NodeConfig, secrets: Option<&JoinSecrets>) -> Result<Vec<RenderedFile>, RenderError> {
     let mut files = Vec::new();
     match cfg.node.role {
@@ -173,6 +177,9 @@ pub fn role_files(cfg: &NodeConfig, secrets: Option<&JoinSecrets>) -> Result<Vec
             files.push(RenderedFile::new(KUBEADM_CONFIG, 0o600, kubeadm::config(cfg, secrets)?));
             if let Some(vip) = realserver::vip_env(cfg) {
                 files.push(RenderedFile::new(VIP_FILE, 0o644, vip));
+            }
+            if let Some(manifest) = cni::flannel(cfg)? {
+                files.push(RenderedFile::new(FLANNEL_MANIFEST, 0o644, manifest));
             }
         }
         Role::Director => {

@@ -28,9 +28,10 @@ pub const HOSTS: Template = template!("hosts.hbs");
 pub const CONTAINERD: Template = template!("containerd-config.toml.hbs");
 pub const CRIO: Template = template!("crio-10-piha.conf.hbs");
 pub const CHRONY: Template = template!("chrony-piha.sources.hbs");
+pub const FLANNEL: Template = template!("cni-flannel.yaml.hbs");
 
 /// Every template, for the test that each one compiles.
-pub const ALL: [Template; 6] = [KEEPALIVED, NETWORKD, HOSTS, CONTAINERD, CRIO, CHRONY];
+pub const ALL: [Template; 7] = [KEEPALIVED, NETWORKD, HOSTS, CONTAINERD, CRIO, CHRONY, FLANNEL];
 
 /// Renders `template` with `data`. Strict mode: a name missing from `data` is
 /// an error, never an empty string; no HTML escaping (these are config files).
