@@ -1,13 +1,37 @@
 //! The piha builder: cluster files, secrets, cards and images.
 
+pub mod agent_bin;
+pub mod assemble;
+pub mod bmap;
+pub mod board;
 pub mod build;
+pub mod card;
 pub mod catalog;
+pub mod checksums;
 pub mod cli;
+pub mod compress;
+pub mod cross;
+pub mod customize;
+pub mod disk;
+pub mod distro;
 pub mod docs;
 pub mod doctor;
+pub mod ext4;
+pub mod fat;
+pub mod flash;
+pub mod host_apt;
 pub mod init;
 pub mod logging;
+pub mod manifest;
+pub mod partition;
+pub mod pki;
+pub mod plan;
+pub mod preflight;
+pub mod progress;
 pub mod render;
+pub mod rootfs;
+pub mod secrets_dir;
 pub mod stamp;
 pub mod status;
+pub mod units;
 pub mod validate;

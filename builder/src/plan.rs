@@ -1,0 +1,493 @@
+//! The resolved build plan: cluster + board + distro + profile turned into
+//! exactly what each stage will use — apt sources with their mirrors
+//! resolved, the package list, the overlays, what was skipped and why — and
+//! the hashes that key the caches and name the build.
+//!
+//! Resolving is pure (the host's apt sources are passed in), so the rules are
+//! testable without a network: which sources a build needs, when a test
+//! profile skips the Kubernetes packages, when a production build has no way
+//! to get them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use piha_config::cluster::{ClusterFile, Runtime};
+use piha_config::k8s::Version;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::board::{Arch, Board};
+use crate::cli::Profile;
+use crate::distro::{AptRepo, Distro, Mirror};
+use crate::host_apt::{self, AptSource};
+use crate::manifest::Skipped;
+
+/// Bumped whenever the rootfs stage changes in a way its inputs do not show
+/// (hook scripts, mmdebstrap options), so old cached tarballs are not reused.
+pub const ROOTFS_RECIPE_VERSION: u32 = 1;
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub board: Board,
+    pub board_file: PathBuf,
+    pub distro: Distro,
+    pub distro_file: PathBuf,
+    /// The distro file's text: part of the rootfs cache key.
+    pub distro_text: String,
+    pub cluster: ClusterFile,
+    /// The cluster file's path, or a description of the embedded defaults.
+    pub cluster_label: String,
+    pub profile: Profile,
+    pub k8s_bundle: Option<PathBuf>,
+    pub mirror: Option<String>,
+}
+
+/// One apt source of the archive: `deb [signed-by=KEYRING] URL SUITE COMPONENTS`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArchiveSource {
+    pub url: String,
+    pub suite: String,
+    pub components: Vec<String>,
+    /// For messages: "debian-bookworm mirror", "debian-bookworm security".
+    pub what: String,
+}
+
+impl ArchiveSource {
+    /// The source line mmdebstrap gets (and writes into the image's sources.list).
+    pub fn line(&self, keyring: &Path) -> String {
+        format!(
+            "deb [signed-by={}] {} {} {}",
+            keyring.display(),
+            self.url,
+            self.suite,
+            self.components.join(" ")
+        )
+    }
+
+    /// What preflight fetches.
+    pub fn release_url(&self) -> String {
+        format!("{}/dists/{}/Release", self.url.trim_end_matches('/'), self.suite)
+    }
+}
+
+/// A flat repository outside the distro (pkgs.k8s.io, CRI-O).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExtraRepo {
+    /// File-name-safe name, e.g. `kubernetes`, `cri-o`.
+    pub name: String,
+    pub repo: AptRepo,
+    pub what: String,
+}
+
+/// A URL preflight must be able to fetch, and what it is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reachable {
+    pub url: String,
+    pub what: String,
+}
+
+/// Everything the stages need, resolved.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub req: Request,
+    pub arch: Arch,
+    /// `1.34`: pins the Kubernetes and CRI-O repositories.
+    pub k8s_minor: String,
+    pub sources: Vec<ArchiveSource>,
+    pub extra_repos: Vec<ExtraRepo>,
+    /// Package names for mmdebstrap's --include, in role order.
+    pub packages: Vec<String>,
+    /// Local .deb files from --k8s-bundle, also installed.
+    pub bundle_debs: Vec<PathBuf>,
+    pub skipped: Vec<Skipped>,
+    /// Overlay trees, in order.
+    pub overlays: Vec<PathBuf>,
+    /// The tree of rootfs templates (`*.hbs`).
+    pub templates: PathBuf,
+}
+
+impl Plan {
+    /// Resolves a request. `host` is the build host's apt sources (for `mirror: host`).
+    pub fn resolve(req: Request, host: &[AptSource], data_dir: &Path) -> anyhow::Result<Plan> {
+        let d = &req.distro;
+        let df = req.distro_file.display().to_string();
+        let arch = req.board.arch;
+        let version =
+            Version::parse_any(&req.cluster.kubernetes.version).with_context(|| format!("{}: kubernetes.version", req.cluster_label))?;
+        let k8s_minor = format!("{}.{}", version.major, version.minor);
+        let kernel = req.board.packages_for(d.family, &req.board_file)?.to_vec();
+
+        let main_url = match &req.mirror {
+            Some(m) => m.trim_end_matches('/').to_string(),
+            None => resolve_mirror(&d.mirror, &d.suite, arch, host).with_context(|| format!("{df}: mirror"))?,
+        };
+        let mut sources = Vec::new();
+        for suite in std::iter::once(&d.suite).chain(&d.updates) {
+            let what = if *suite == d.suite {
+                format!("{} mirror", d.name)
+            } else {
+                format!("{} {suite}", d.name)
+            };
+            sources.push(ArchiveSource {
+                url: main_url.clone(),
+                suite: suite.clone(),
+                components: d.components.clone(),
+                what,
+            });
+        }
+        if let Some(sec) = &d.security {
+            let url = resolve_mirror(&sec.mirror, &sec.suite, arch, host).with_context(|| format!("{df}: security.mirror"))?;
+            sources.push(ArchiveSource {
+                url,
+                suite: sec.suite.clone(),
+                components: d.components.clone(),
+                what: format!("{} security", d.name),
+            });
+        }
+
+        let bundle_debs = match &req.k8s_bundle {
+            Some(dir) => bundle_debs(dir)?,
+            None => Vec::new(),
+        };
+        let runtime = req.cluster.kubernetes.runtime;
+        let mut packages = kernel;
+        packages.extend(d.packages.base.iter().cloned());
+        packages.extend(d.packages.director.iter().cloned());
+        let mut extra_repos = Vec::new();
+        let mut skipped = Vec::new();
+
+        // The container runtime: containerd from the archive; CRI-O from its
+        // repository unless the bundle carries it.
+        let runtime_pkgs = d.packages.runtime.for_runtime(runtime).to_vec();
+        let bundle_has_crio = bundle_debs
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cri-o")));
+        match runtime {
+            Runtime::Crio if bundle_has_crio => {}
+            Runtime::Crio => {
+                let Some(src) = &d.crio_source else {
+                    bail!(
+                        "{df}: crio_source: the cluster's runtime is crio but {} has no CRI-O source (fix: add crio_source, use runtime: containerd, or pass --k8s-bundle DIR with the cri-o .deb)",
+                        d.name
+                    );
+                };
+                extra_repos.push(ExtraRepo {
+                    name: "cri-o".into(),
+                    repo: src.apt.pinned(&k8s_minor),
+                    what: format!("CRI-O {k8s_minor} repository"),
+                });
+                packages.extend(runtime_pkgs);
+            }
+            Runtime::Containerd => packages.extend(runtime_pkgs),
+        }
+
+        // Kubernetes: the bundle, else the distro's repository; the test
+        // profile goes without (its overlay's recording kubeadm stands in).
+        let k8s = d.packages.kubernetes.clone();
+        if !bundle_debs.is_empty() {
+            // The bundle's .debs satisfy the names; apt resolves their dependencies.
+        } else if req.profile == Profile::Test {
+            skipped.push(Skipped {
+                role: "kubernetes".into(),
+                packages: k8s,
+                reason:
+                    "test profile: the recording kubeadm of overlays/test stands in; no kubelet, kubeadm or kubectl package is installed"
+                        .into(),
+            });
+        } else {
+            let Some(src) = &d.kubernetes_source else {
+                bail!(
+                    "{df}: kubernetes_source: {} has no Kubernetes package source and no --k8s-bundle was given. Two routes: pass --k8s-bundle DIR holding the kubeadm, kubelet, kubectl, cri-tools and kubernetes-cni .debs for {k8s_minor}, or build a test image with --profile test (recording kubeadm, not for production)",
+                    d.name
+                );
+            };
+            extra_repos.push(ExtraRepo {
+                name: "kubernetes".into(),
+                repo: src.apt.pinned(&k8s_minor),
+                what: format!("Kubernetes {k8s_minor} repository (pkgs.k8s.io)"),
+            });
+            packages.extend(k8s);
+        }
+        dedup_keep_order(&mut packages);
+
+        let overlays_root = data_dir.join("overlays");
+        let mut overlays = vec![overlays_root.join("base"), overlays_root.join("agent")];
+        if req.profile == Profile::Test {
+            overlays.push(overlays_root.join("test"));
+        }
+        Ok(Plan {
+            arch,
+            k8s_minor,
+            sources,
+            extra_repos,
+            packages,
+            bundle_debs,
+            skipped,
+            overlays,
+            templates: overlays_root.join("image-templates"),
+            req,
+        })
+    }
+
+    /// Every URL the build will fetch from, for preflight.
+    pub fn reachables(&self) -> Vec<Reachable> {
+        let mut out: Vec<Reachable> = self
+            .sources
+            .iter()
+            .map(|s| Reachable {
+                url: s.release_url(),
+                what: s.what.clone(),
+            })
+            .collect();
+        for r in &self.extra_repos {
+            out.push(Reachable {
+                url: r.repo.release_url(),
+                what: r.what.clone(),
+            });
+            out.push(Reachable {
+                url: r.repo.key.clone(),
+                what: format!("{} signing key", r.what),
+            });
+        }
+        out
+    }
+
+    /// Sources as the manifest lists them.
+    pub fn source_lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.sources.iter().map(|s| s.line(&self.req.distro.keyring)).collect();
+        out.extend(self.extra_repos.iter().map(|r| format!("deb {} /", r.repo.url)));
+        out.extend(self.bundle_debs.iter().map(|p| format!("bundle {}", p.display())));
+        out
+    }
+}
+
+/// A mirror's URL for `suite` on `arch`: the per-arch URL, the URL, or for
+/// `host` the host's apt source for the suite, else the fallback.
+pub fn resolve_mirror(m: &Mirror, suite: &str, arch: Arch, host: &[AptSource]) -> anyhow::Result<String> {
+    if let Some(url) = m.arch.get(&arch) {
+        return Ok(url.trim_end_matches('/').to_string());
+    }
+    if m.url != "host" {
+        return Ok(m.url.trim_end_matches('/').to_string());
+    }
+    if let Some(url) = host_apt::mirror_for_suite(host, suite) {
+        return Ok(url);
+    }
+    match &m.fallback {
+        Some(f) => Ok(f.trim_end_matches('/').to_string()),
+        None => bail!("url: host, but no apt source on this machine serves {suite} (fix: pass --mirror URL or set a fallback)"),
+    }
+}
+
+/// The .deb files of a bundle directory, sorted.
+fn bundle_debs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("--k8s-bundle {}: no such directory", dir.display()))?;
+    let mut debs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading --k8s-bundle {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    debs.sort();
+    if debs.is_empty() {
+        bail!(
+            "--k8s-bundle {}: holds no .deb files (fix: put the kubeadm, kubelet, kubectl, cri-tools and kubernetes-cni .debs there)",
+            dir.display()
+        );
+    }
+    for p in &debs {
+        if p.to_string_lossy().contains([',', ' ']) {
+            bail!(
+                "--k8s-bundle: {}: a path with a comma or space cannot be passed to mmdebstrap (fix: rename it)",
+                p.display()
+            );
+        }
+    }
+    Ok(debs)
+}
+
+fn dedup_keep_order(v: &mut Vec<String>) {
+    let mut seen = std::collections::BTreeSet::new();
+    v.retain(|x| seen.insert(x.clone()));
+}
+
+/// sha256 of some bytes, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A digest of a directory tree: every path, type, executable bit and content.
+pub fn tree_digest(dir: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = Sha256::new();
+    if !dir.exists() {
+        h.update(b"absent");
+        return Ok(hex::encode(h.finalize()));
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let p = e.with_context(|| format!("reading {}", d.display()))?.path();
+            let meta = std::fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
+            if meta.is_dir() {
+                stack.push(p.clone());
+            }
+            files.push((p, meta));
+        }
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    for (p, meta) in files {
+        let rel = p.strip_prefix(dir).unwrap_or(&p);
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        if meta.file_type().is_symlink() {
+            h.update(b"l");
+            h.update(std::fs::read_link(&p)?.as_os_str().as_encoded_bytes());
+        } else if meta.is_file() {
+            h.update(if meta.mode() & 0o111 != 0 { b"x" } else { b"f" });
+            h.update(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
+        } else {
+            h.update(b"d");
+        }
+        h.update([0]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use piha_config::cluster::{ClusterFile, Runtime};
+
+    use super::{Plan, Request, resolve_mirror};
+    use crate::board::{Arch, Board};
+    use crate::cli::Profile;
+    use crate::distro::{Distro, Mirror};
+    use crate::host_apt::parse_deb822;
+
+    fn data() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    }
+
+    fn request(distro: &str, profile: Profile, runtime: Runtime) -> Request {
+        let root = data();
+        let bf = root.join("boards/amd64.yaml");
+        let board = Board::parse(&bf, &std::fs::read_to_string(&bf).unwrap()).unwrap();
+        let df = root.join(format!("distros/{distro}.yaml"));
+        let text = std::fs::read_to_string(&df).unwrap();
+        let distro = Distro::parse(&df, &text).unwrap();
+        let cf = root.join("examples/qemu-lab.yaml");
+        let mut cluster = ClusterFile::load(&cf).unwrap();
+        cluster.kubernetes.runtime = runtime;
+        Request {
+            board,
+            board_file: bf,
+            distro,
+            distro_file: df,
+            distro_text: text,
+            cluster,
+            cluster_label: cf.display().to_string(),
+            profile,
+            k8s_bundle: None,
+            mirror: None,
+        }
+    }
+
+    fn host() -> Vec<crate::host_apt::AptSource> {
+        parse_deb822(
+            Path::new("debian.sources"),
+            "Types: deb\nURIs: http://mirror.test/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://mirror.test/debian-security\nSuites: bookworm-security\nComponents: main\n",
+        )
+    }
+
+    #[test]
+    fn test_profile_skips_kubernetes_and_uses_host_mirror() {
+        let p = Plan::resolve(request("debian-bookworm", Profile::Test, Runtime::Containerd), &host(), &data()).unwrap();
+        assert_eq!(p.sources[0].release_url(), "http://mirror.test/debian/dists/bookworm/Release");
+        assert_eq!(p.sources[2].url, "http://mirror.test/debian-security");
+        assert!(p.extra_repos.is_empty());
+        assert!(!p.packages.iter().any(|x| x == "kubeadm"));
+        assert!(p.packages.iter().any(|x| x == "containerd"));
+        assert!(p.packages.iter().any(|x| x == "keepalived"));
+        assert_eq!(p.skipped[0].role, "kubernetes");
+        assert!(p.overlays.iter().any(|o| o.ends_with("overlays/test")));
+    }
+
+    #[test]
+    fn production_uses_pinned_repositories_and_never_the_test_overlay() {
+        let p = Plan::resolve(request("debian-bookworm", Profile::Production, Runtime::Crio), &host(), &data()).unwrap();
+        let urls: Vec<String> = p.reachables().into_iter().map(|r| r.url).collect();
+        assert!(
+            urls.contains(&"https://pkgs.k8s.io/core:/stable:/v1.34/deb/Release".to_string()),
+            "{urls:?}"
+        );
+        assert!(urls.iter().any(|u| u.contains("cri-o:/stable:/v1.34/deb/Release")), "{urls:?}");
+        assert!(p.packages.iter().any(|x| x == "kubeadm"));
+        assert!(p.packages.iter().any(|x| x == "cri-o"));
+        assert!(p.skipped.is_empty());
+        assert!(!p.overlays.iter().any(|o| o.ends_with("test")));
+    }
+
+    #[test]
+    fn production_without_a_source_explains_both_routes() {
+        let mut req = request("debian-bookworm", Profile::Production, Runtime::Containerd);
+        req.distro.kubernetes_source = None;
+        let err = format!("{:#}", Plan::resolve(req, &host(), &data()).unwrap_err());
+        assert!(err.contains("--k8s-bundle") && err.contains("--profile test"), "{err}");
+    }
+
+    #[test]
+    fn a_bundle_replaces_the_repositories() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "kubeadm_1.34.1-1.1_amd64.deb",
+            "kubelet_1.34.1-1.1_amd64.deb",
+            "cri-o_1.34.1-1.1_amd64.deb",
+            "README",
+        ] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        let mut req = request("ubuntu-noble", Profile::Production, Runtime::Crio);
+        req.k8s_bundle = Some(dir.path().to_path_buf());
+        let p = Plan::resolve(req, &[], &data()).unwrap();
+        assert!(p.extra_repos.is_empty(), "{:?}", p.extra_repos);
+        assert_eq!(p.bundle_debs.len(), 3);
+        assert!(!p.packages.iter().any(|x| x == "kubeadm" || x == "cri-o"));
+        assert!(
+            p.source_lines()
+                .iter()
+                .any(|l| l.starts_with("bundle ") && l.ends_with("kubeadm_1.34.1-1.1_amd64.deb"))
+        );
+        let empty = tempfile::tempdir().unwrap();
+        let mut req = request("ubuntu-noble", Profile::Production, Runtime::Containerd);
+        req.k8s_bundle = Some(empty.path().to_path_buf());
+        assert!(format!("{:#}", Plan::resolve(req, &[], &data()).unwrap_err()).contains("holds no .deb files"));
+    }
+
+    #[test]
+    fn ubuntu_arm64_uses_ports() {
+        let m = Mirror {
+            url: "http://archive.ubuntu.com/ubuntu".into(),
+            fallback: None,
+            arch: [(Arch::Arm64, "http://ports.ubuntu.com/ubuntu-ports".into())].into(),
+        };
+        assert_eq!(
+            resolve_mirror(&m, "noble", Arch::Arm64, &[]).unwrap(),
+            "http://ports.ubuntu.com/ubuntu-ports"
+        );
+        assert_eq!(
+            resolve_mirror(&m, "noble", Arch::Amd64, &[]).unwrap(),
+            "http://archive.ubuntu.com/ubuntu"
+        );
+        let host_only = Mirror {
+            url: "host".into(),
+            fallback: None,
+            arch: Default::default(),
+        };
+        assert!(resolve_mirror(&host_only, "bookworm", Arch::Amd64, &[]).is_err());
+    }
+}

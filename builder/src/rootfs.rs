@@ -1,0 +1,375 @@
+//! Stage 1, rootfs: mmdebstrap → `rootfs.tar`, cached by a hash of
+//! everything that goes into it.
+//!
+//! mmdebstrap runs in root mode as root (unshare mode otherwise) with:
+//! - the initramfs configured BEFORE the kernel is installed (a setup hook):
+//!   `MODULES=list` and the board's module list, so update-initramfs never
+//!   scans every module — the dominant cost of an emulated arm64 build (issue 5);
+//! - dpkg path excludes for man pages, docs, locales, info and the board's
+//!   unneeded kernel modules;
+//! - the admin user `piha` (uid 1000, sudo, locked password) made in a
+//!   customize hook;
+//! - downloaded .debs kept in `<cache>/debs/<distro>-<arch>` and synced in
+//!   and out of the chroot (mmdebstrap's documented sync-in/sync-out recipe),
+//!   so a rebuild with a changed package list downloads only what is new.
+//!
+//! The tarball is written under a temporary name and renamed into
+//! `<cache>/rootfs-<key>.tar`; a lock file serializes builds of one key.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use piha_runner::{Cmd, Runner};
+use serde::Serialize;
+
+use crate::manifest::Package;
+use crate::plan::{self, Plan, ROOTFS_RECIPE_VERSION};
+use crate::progress::Progress;
+
+/// The cache directory: `--cache-dir`/`PIHA_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/piha`, else `~/.cache/piha`.
+pub fn cache_dir(opt: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = opt {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("piha"));
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".cache/piha")),
+        None => bail!("no cache directory: set --cache-dir, PIHA_CACHE_DIR or HOME"),
+    }
+}
+
+/// Documentation, manual pages and translations: never read on an appliance.
+const DPKG_EXCLUDES: &[&str] = &[
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/lintian/*",
+];
+
+/// Where the board's initramfs module list goes: a modules.d file, not the
+/// `/etc/initramfs-tools/modules` conffile, so installing initramfs-tools
+/// afterwards raises no conffile question.
+pub const INITRAMFS_MODULES_FILE: &str = "usr/share/initramfs-tools/modules.d/piha-board.conf";
+pub const INITRAMFS_CONF_FILE: &str = "etc/initramfs-tools/conf.d/piha.conf";
+
+/// The admin user every image has.
+pub const ADMIN_USER: &str = "piha";
+pub const ADMIN_UID: u64 = 1000;
+
+/// The result of stage 1.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rootfs {
+    pub path: PathBuf,
+    pub key: String,
+    /// True if a cached tarball was used.
+    pub cached: bool,
+    pub size: u64,
+}
+
+/// Everything that determines the rootfs, hashed into its cache key.
+#[derive(Debug, Serialize)]
+struct KeyMaterial<'a> {
+    recipe: u32,
+    mmdebstrap: &'a str,
+    distro_file: &'a str,
+    arch: &'a str,
+    mirrors: Vec<String>,
+    extra_repos: Vec<String>,
+    packages: &'a [String],
+    bundle: Vec<(String, String)>,
+    keys: Vec<(String, String)>,
+    modules: &'a [String],
+    dpkg_excludes: Vec<String>,
+    /// The mmdebstrap command line with the cache directory replaced by
+    /// `@CACHE@`: every option, hook and source, whatever changes in them.
+    command: String,
+}
+
+/// Runs stage 1, or reuses the cached tarball.
+pub fn ensure(plan: &Plan, cache: &Path, no_cache: bool, runner: &dyn Runner, progress: &Progress) -> anyhow::Result<Rootfs> {
+    std::fs::create_dir_all(cache).with_context(|| format!("creating the cache directory {}", cache.display()))?;
+    let version = runner
+        .run(&Cmd::new("mmdebstrap").arg("--version"))?
+        .stdout_str()
+        .trim()
+        .to_string();
+    let keys = fetch_keys(plan, cache, runner)?;
+    let setup_hook = setup_hook(plan)?;
+    let customize_hook = customize_hook();
+    let material = KeyMaterial {
+        recipe: ROOTFS_RECIPE_VERSION,
+        mmdebstrap: &version,
+        distro_file: &plan.req.distro_text,
+        arch: plan.arch.deb(),
+        mirrors: plan.sources.iter().map(|s| s.line(&plan.req.distro.keyring)).collect(),
+        extra_repos: plan.extra_repos.iter().map(|r| r.repo.url.clone()).collect(),
+        packages: &plan.packages,
+        bundle: plan
+            .bundle_debs
+            .iter()
+            .map(|p| {
+                Ok((
+                    p.display().to_string(),
+                    plan::sha256_hex(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        keys: keys.iter().map(|k| (k.name.clone(), k.sha256.clone())).collect(),
+        modules: &plan.req.board.initramfs.modules,
+        dpkg_excludes: plan.req.board.dpkg_excludes(),
+        command: command(
+            plan,
+            &cache.join("@OUT@"),
+            &cache.join("@DEBS@"),
+            &keys,
+            &setup_hook,
+            &customize_hook,
+        )?
+        .display()
+        .replace(&cache.display().to_string(), "@CACHE@"),
+    };
+    let key = plan::sha256_hex(serde_json::to_string(&material)?.as_bytes());
+    let out = cache.join(format!("rootfs-{key}.tar"));
+
+    // One build per key at a time; a second process waits, then finds the tarball.
+    let lock_path = cache.join(format!("rootfs-{key}.lock"));
+    let lock = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    // File::lock (flock) is Rust 1.89. The workspace's 1.85 floor is for the
+    // cross-built agent and config crates; the builder only runs on the host.
+    #[allow(clippy::incompatible_msrv)]
+    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+    if out.exists() && !no_cache {
+        let size = std::fs::metadata(&out)?.len();
+        progress.note(&format!(
+            "rootfs: cached {} ({})",
+            out.display(),
+            crate::progress::human_bytes(size)
+        ));
+        return Ok(Rootfs {
+            path: out,
+            key,
+            cached: true,
+            size,
+        });
+    }
+
+    let debs = debs_dir(cache, plan);
+    std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
+    let tmp = cache.join(format!(".rootfs-{key}.partial.tar"));
+    let cmd = command(plan, &tmp, &debs, &keys, &setup_hook, &customize_hook)?;
+    let task = progress.task(&format!(
+        "rootfs: mmdebstrap {} {} ({} packages)",
+        plan.req.distro.suite,
+        plan.arch,
+        plan.packages.len()
+    ));
+    if let Err(e) = runner.run(&cmd) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!("building the {} {} root filesystem", plan.req.distro.name, plan.arch)));
+    }
+    std::fs::rename(&tmp, &out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    task.finish();
+    let size = std::fs::metadata(&out)?.len();
+    Ok(Rootfs {
+        path: out,
+        key,
+        cached: false,
+        size,
+    })
+}
+
+/// Where the .debs of a distro and architecture are kept between builds.
+pub fn debs_dir(cache: &Path, plan: &Plan) -> PathBuf {
+    cache.join("debs").join(format!("{}-{}", plan.req.distro.name, plan.arch.deb()))
+}
+
+/// After a fresh rootfs: drops cached .debs that are not the installed
+/// version of an installed package (superseded by mirror updates), so the
+/// cache holds one root filesystem's worth. Returns how many were removed.
+pub fn prune_debs(dir: &Path, installed: &[Package]) -> anyhow::Result<usize> {
+    // apt names a download `<name>_<version, ':' as %3a>_<arch>.deb`.
+    let keep: BTreeSet<String> = installed
+        .iter()
+        .map(|p| format!("{}_{}_{}.deb", p.name, p.version.replace(':', "%3a"), p.architecture))
+        .collect();
+    let mut removed = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
+    for e in entries {
+        let path = e.with_context(|| format!("reading {}", dir.display()))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.ends_with(".deb") && !keep.contains(&name) {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// A downloaded repository key, staged for mmdebstrap.
+#[derive(Debug, Clone)]
+struct RepoKey {
+    name: String,
+    /// `<cache>/keys/<digest of the key URLs>/piha-<repo>.asc`.
+    path: PathBuf,
+    sha256: String,
+}
+
+/// Downloads (once) each extra repository's signing key into the cache.
+fn fetch_keys(plan: &Plan, cache: &Path, runner: &dyn Runner) -> anyhow::Result<Vec<RepoKey>> {
+    let mut out = Vec::new();
+    // One directory per set of key URLs: mmdebstrap's --keyring takes one directory.
+    let urls: Vec<&str> = plan.extra_repos.iter().map(|r| r.repo.key.as_str()).collect();
+    let dir = cache.join("keys").join(&plan::sha256_hex(urls.join("\n").as_bytes())[..16]);
+    for r in &plan.extra_repos {
+        let name = format!("piha-{}.asc", r.name);
+        let path = dir.join(&name);
+        if !path.exists() {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let tmp = dir.join(format!(".{name}.partial"));
+            runner
+                .run(
+                    &Cmd::new("curl")
+                        .args(["-fsSL", "--max-time", "30", "-o"])
+                        .arg(&tmp)
+                        .arg(&r.repo.key),
+                )
+                .with_context(|| format!("downloading the signing key of the {} from {}", r.what, r.repo.key))?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        }
+        let sha256 = plan::sha256_hex(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
+        out.push(RepoKey { name, path, sha256 });
+    }
+    Ok(out)
+}
+
+/// Writes the initramfs configuration before any package is installed.
+fn setup_hook(plan: &Plan) -> anyhow::Result<String> {
+    let board = &plan.req.board;
+    for m in &board.initramfs.modules {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            bail!(
+                "{}: initramfs.modules: {m:?} is not a module name (fix: letters, digits, _ and - only)",
+                plan.req.board_file.display()
+            );
+        }
+    }
+    Ok(format!(
+        "set -e; mkdir -p \"$1/etc/initramfs-tools/conf.d\" \"$1/usr/share/initramfs-tools/modules.d\"; \
+         printf '# piha: the initramfs holds only the modules listed in /{INITRAMFS_MODULES_FILE}\\nMODULES=list\\n' > \"$1/{INITRAMFS_CONF_FILE}\"; \
+         printf '# piha: modules board {} needs to mount its root filesystem\\n' > \"$1/{INITRAMFS_MODULES_FILE}\"; \
+         printf '%s\\n' {} >> \"$1/{INITRAMFS_MODULES_FILE}\"",
+        board.name,
+        board.initramfs.modules.join(" ")
+    ))
+}
+
+/// Creates the admin user: in the sudo group, password locked (login by SSH key only).
+fn customize_hook() -> String {
+    format!(
+        "set -e; chroot \"$1\" useradd --create-home --uid {ADMIN_UID} --user-group --groups sudo --shell /bin/bash --comment 'piha admin' {ADMIN_USER}; \
+         chroot \"$1\" passwd --lock {ADMIN_USER} >/dev/null"
+    )
+}
+
+fn command(plan: &Plan, out: &Path, debs: &Path, keys: &[RepoKey], setup_hook: &str, customize_hook: &str) -> anyhow::Result<Cmd> {
+    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    let mut cmd = Cmd::new("mmdebstrap")
+        .arg(if root { "--mode=root" } else { "--mode=unshare" })
+        .arg("--variant=apt")
+        .arg("--format=tar")
+        .arg(format!("--architectures={}", plan.arch.deb()))
+        .arg(format!("--include={}", plan.packages.join(",")));
+    for deb in &plan.bundle_debs {
+        cmd = cmd.arg(format!("--include={}", deb.display()));
+    }
+    for opt in DPKG_EXCLUDES {
+        cmd = cmd.arg(format!("--dpkgopt={opt}"));
+    }
+    for pattern in plan.req.board.dpkg_excludes() {
+        cmd = cmd.arg(format!("--dpkgopt=path-exclude={pattern}"));
+    }
+    cmd = cmd.arg(format!("--setup-hook={setup_hook}"));
+    if !keys.is_empty() {
+        // mmdebstrap's own apt trusts the keys through --keyring; the image's
+        // apt finds them in trusted.gpg.d for later upgrades.
+        let dir = keys[0].path.parent().expect("key in a directory");
+        let mut copy = String::from("copy-in");
+        for k in keys {
+            copy.push(' ');
+            copy.push_str(&k.path.display().to_string());
+        }
+        copy.push_str(" /etc/apt/trusted.gpg.d/");
+        cmd = cmd.arg(format!("--keyring={}", dir.display())).arg(format!("--setup-hook={copy}"));
+    }
+    if !plan.bundle_debs.is_empty() {
+        cmd = cmd.arg("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount");
+    }
+    // Merged /usr by usr-is-merged when the release has it, so the essential
+    // set does not pull in usrmerge and perl (about 45 MiB) to convert it.
+    cmd = cmd.arg("--hook-dir=/usr/share/mmdebstrap/hooks/maybe-merged-usr");
+    // The .deb cache (man mmdebstrap, "sync-in"): keep what was downloaded.
+    cmd = cmd
+        .arg("--skip=essential/unlink")
+        .arg("--setup-hook=mkdir -p \"$1/var/cache/apt/archives/\"")
+        .arg(format!("--setup-hook=sync-in {} /var/cache/apt/archives/", debs.display()))
+        .arg(format!("--customize-hook={customize_hook}"))
+        .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {}", debs.display()))
+        .arg(&plan.req.distro.suite)
+        .arg(out);
+    for s in &plan.sources {
+        cmd = cmd.arg(s.line(&plan.req.distro.keyring));
+    }
+    for r in &plan.extra_repos {
+        cmd = cmd.arg(format!("deb {} /", r.repo.url));
+    }
+    let epoch = crate::customize::source_date_epoch()?;
+    Ok(cmd.env("SOURCE_DATE_EPOCH", epoch.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prune_debs;
+    use crate::manifest::Package;
+
+    #[test]
+    fn prune_keeps_installed_versions_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "systemd_252.38-1~deb12u1_amd64.deb",
+            "systemd_252.36-1~deb12u1_amd64.deb",
+            "libc6_2.36-9+deb12u10_amd64.deb",
+            "lock",
+            "dpkg_1%3a1.21.22_amd64.deb",
+        ] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        let installed = [
+            Package {
+                name: "systemd".into(),
+                version: "252.38-1~deb12u1".into(),
+                architecture: "amd64".into(),
+            },
+            Package {
+                name: "dpkg".into(),
+                version: "1:1.21.22".into(),
+                architecture: "amd64".into(),
+            },
+        ];
+        assert_eq!(prune_debs(dir.path(), &installed).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["dpkg_1%3a1.21.22_amd64.deb", "lock", "systemd_252.38-1~deb12u1_amd64.deb"]);
+    }
+}
