@@ -9,46 +9,18 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use piha_config::cluster::{ClusterFile, Role};
-use piha_config::node::{NetworkRenderer, NodeConfig};
+use piha_config::cluster::Role;
 use piha_config::render::{self, JoinSecrets, RenderedFile};
 
+use crate::card;
 use crate::cli::RenderOpts;
 use crate::secrets_dir::Secrets;
 use crate::validate;
 
-/// Which network configuration a distro's userland uses: netplan on Ubuntu,
-/// systemd-networkd elsewhere (Debian).
-pub fn network_renderer_for(distro: &str) -> NetworkRenderer {
-    if distro.starts_with("ubuntu") {
-        NetworkRenderer::Netplan
-    } else {
-        NetworkRenderer::Networkd
-    }
-}
-
-/// The node.yaml `piha stamp` would write for `node`, or an error naming every node.
-pub fn node_config(cluster: &ClusterFile, cluster_path: &Path, node: &str) -> anyhow::Result<NodeConfig> {
-    if cluster.node(node).is_none() {
-        let known: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
-        bail!(
-            "{}: there is no node named {node:?}; the nodes are: {}; nothing was written",
-            cluster_path.display(),
-            known.join(", ")
-        );
-    }
-    NodeConfig::for_node(cluster, node, network_renderer_for(&cluster.distro)).with_context(|| {
-        format!(
-            "{}: cannot build node.yaml for {node} (is the cluster file valid?)",
-            cluster_path.display()
-        )
-    })
-}
-
 pub fn run(opts: &RenderOpts) -> anyhow::Result<()> {
     let cluster_path = &opts.cluster.cluster;
     let cluster = validate::load_cluster(cluster_path)?;
-    let cfg = node_config(&cluster, cluster_path, &opts.node)?;
+    let cfg = card::node_config(&cluster, cluster_path, &opts.node, &cluster.distro)?;
     // Directors get no secrets (DESIGN.md); everyone else needs the token and hash.
     let secrets = match cfg.node.role {
         Role::Director => None,
@@ -112,15 +84,7 @@ fn write_file(out: &Path, f: &RenderedFile) -> anyhow::Result<PathBuf> {
 mod tests {
     use std::path::Path;
 
-    use piha_config::node::NetworkRenderer;
-
-    use super::{network_renderer_for, out_path};
-
-    #[test]
-    fn ubuntu_uses_netplan_and_debian_networkd() {
-        assert_eq!(network_renderer_for("ubuntu-noble"), NetworkRenderer::Netplan);
-        assert_eq!(network_renderer_for("debian-bookworm"), NetworkRenderer::Networkd);
-    }
+    use super::out_path;
 
     #[test]
     fn node_paths_stay_under_out() {

@@ -13,6 +13,9 @@ pub enum Preset {
 
 /// Parses a preset file. Globs are not supported (every piha preset names its
 /// unit); lines with them are returned as errors so nobody expects them to work.
+/// The one exception is the catch-all `disable *`: it sets systemd's policy
+/// for the first-boot preset run on the node and enables nothing at build
+/// time, so the build skips it.
 pub fn parse_preset(text: &str) -> Result<Vec<Preset>, String> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -22,6 +25,9 @@ pub fn parse_preset(text: &str) -> Result<Vec<Preset>, String> {
         }
         let mut words = line.split_whitespace();
         let (verb, unit) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        if verb == "disable" && unit == "*" {
+            continue;
+        }
         if unit.is_empty() || unit.contains(['*', '?', '[']) {
             return Err(format!(
                 "line {}: {line:?}: expected `enable UNIT` or `disable UNIT` with a unit name, not a glob",
@@ -138,7 +144,7 @@ mod tests {
 
     #[test]
     fn presets() {
-        let p = parse_preset("# c\nenable piha-agent.service\n\ndisable apt-daily.timer\n").unwrap();
+        let p = parse_preset("# c\nenable piha-agent.service\n\ndisable apt-daily.timer\ndisable *\n").unwrap();
         assert_eq!(
             p,
             vec![

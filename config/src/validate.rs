@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
-use crate::cluster::{ClusterFile, Role, VipMode};
+use crate::cluster::{ClusterFile, ProxyMode, Role, VipMode};
 use crate::k8s;
 use crate::node::{NodeConfig, SCHEMA_VERSION};
 use crate::problem::{Problem, Problems};
@@ -73,6 +73,8 @@ pub fn cluster(file: &Path, c: &ClusterFile, catalog: &Catalog) -> Problems {
         );
     }
     check_version(&mut r, "kubernetes.version", &c.kubernetes.version);
+    check_proxy_mode(&mut r, "kubernetes.proxy_mode", c.kubernetes.proxy_mode, &c.kubernetes.version);
+    check_pod_subnet_size(&mut r, c);
     check_api_numbers(&mut r, "api.port", c.api.port, "api.vrrp_router_id", c.api.vrrp_router_id);
     check_ssh_keys(&mut r, &c.ssh_authorized_keys);
     if let Some(domain) = &c.network.domain {
@@ -443,6 +445,41 @@ fn check_version(r: &mut Report, path: &str, version: &str) {
                 k8s::SUPPORTED_MINORS.start(),
                 k8s::SUPPORTED_MINORS.end()
             ),
+        );
+    }
+}
+
+/// kube-proxy's nftables mode is beta (on by default) from Kubernetes 1.31;
+/// below that it is an alpha feature gate piha does not turn on.
+/// <https://kubernetes.io/docs/reference/networking/virtual-ips/#proxy-mode-nftables>
+fn check_proxy_mode(r: &mut Report, path: &str, mode: ProxyMode, version: &str) {
+    if let (ProxyMode::Nftables, Ok(v)) = (mode, k8s::parse(version)) {
+        if v.major == 1 && v.minor < NFTABLES_SINCE_MINOR {
+            r.error(
+                path,
+                format!("kube-proxy's nftables mode needs Kubernetes 1.{NFTABLES_SINCE_MINOR} or later; {version} only has it as an alpha feature"),
+                format!("use `proxy_mode: iptables`, or kubernetes.version 1.{NFTABLES_SINCE_MINOR} or later"),
+            );
+        }
+    }
+}
+
+/// The first minor whose kube-proxy nftables mode is on by default (beta).
+const NFTABLES_SINCE_MINOR: u32 = 31;
+
+/// kube-controller-manager gives every node a /24 of the pod subnet
+/// (`--node-cidr-mask-size`, default 24); flannel needs one per node that runs
+/// pods (control planes and workers).
+fn check_pod_subnet_size(r: &mut Report, c: &ClusterFile) {
+    let pod = c.kubernetes.pod_subnet;
+    let nodes = c.nodes.iter().filter(|n| n.role != Role::Director).count();
+    let per_node_prefix = 24u8;
+    let available: u64 = if pod.prefix_len() >= per_node_prefix { 0 } else { 1u64 << (per_node_prefix - pod.prefix_len()) };
+    if (available as usize) < nodes.max(1) {
+        r.error(
+            "kubernetes.pod_subnet",
+            format!("{pod} holds {available} per-node /24 pod range(s), but {nodes} node(s) run pods"),
+            "use a larger pod subnet, e.g. 10.244.0.0/16",
         );
     }
 }

@@ -114,6 +114,8 @@ CASES = [
     ("no-nodes", ["nodes: the cluster has no nodes"], [(BASE[BASE.index("  - name: lb1"):], "  []\n")]),
     ("unknown-vip-mode", ["api.mode: unknown variant `keepalived-nat`, expected `lvs-dr`"], [("mode: lvs-dr", "mode: keepalived-nat")]),
     ("bad-domain", ["network.domain: `lab_1.example` is not a DNS domain name"], [("ntp: [pool.ntp.org]", "ntp: [pool.ntp.org]\n  domain: lab_1.example")]),
+    ("nftables-too-old", ["kubernetes.proxy_mode: kube-proxy's nftables mode needs Kubernetes 1.31"], [('version: "1.34.1"', 'version: "1.30.14"')]),
+    ("pod-subnet-too-small", ["kubernetes.pod_subnet: 10.244.0.0/24 holds 0 per-node /24 pod range(s), but 2 node(s) run pods"], [("pod_subnet: 10.244.0.0/16", "pod_subnet: 10.244.0.0/24")]),
 ]
 
 # Several independent mistakes in one file: every one must be reported at once.

@@ -1,0 +1,145 @@
+//! Reading a built disk image without mounting it: the partition table via
+//! `sfdisk -J`, FAT files via mtools, ext4 files via debugfs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+
+use super::run_ok;
+
+#[derive(Debug, Deserialize)]
+struct SfdiskDump {
+    partitiontable: PartitionTable,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PartitionTable {
+    pub label: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default = "default_sector")]
+    pub sectorsize: u64,
+    pub partitions: Vec<Partition>,
+}
+
+fn default_sector() -> u64 {
+    512
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Partition {
+    pub node: String,
+    pub start: u64,
+    pub size: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub bootable: Option<bool>,
+}
+
+/// `sfdisk -J IMAGE`.
+pub fn table(image: &Path) -> PartitionTable {
+    let json = run_ok(Command::new("sfdisk").arg("-J").arg(image));
+    serde_json::from_str::<SfdiskDump>(&json).expect("sfdisk -J output").partitiontable
+}
+
+/// Copies partition `index` (1-based) out of `image` into `dir`, returning its path.
+pub fn extract(image: &Path, index: usize, dir: &Path) -> PathBuf {
+    let t = table(image);
+    let p = &t.partitions[index - 1];
+    let out = dir.join(format!("p{index}.img"));
+    let mut src = std::fs::File::open(image).expect("open image");
+    let mut dst = std::fs::File::create(&out).expect("create partition file");
+    use std::io::{Read, Seek, SeekFrom, Write};
+    src.seek(SeekFrom::Start(p.start * t.sectorsize)).expect("seek");
+    let mut left = p.size * t.sectorsize;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = (left as usize).min(buf.len());
+        src.read_exact(&mut buf[..n]).expect("read partition");
+        if buf[..n].iter().all(|b| *b == 0) {
+            dst.seek(SeekFrom::Current(n as i64)).expect("seek hole");
+        } else {
+            dst.write_all(&buf[..n]).expect("write partition");
+        }
+        left -= n as u64;
+    }
+    dst.set_len(p.size * t.sectorsize).expect("size partition file");
+    out
+}
+
+/// A file from an ext4 filesystem image, or None if it does not exist.
+pub fn ext4_read(fs: &Path, path: &str) -> Option<Vec<u8>> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(fs)
+        .output()
+        .expect("debugfs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("File not found") || !out.status.success() {
+        return None;
+    }
+    Some(out.stdout)
+}
+
+/// Whether `path` exists in an ext4 filesystem image.
+pub fn ext4_exists(fs: &Path, path: &str) -> bool {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("stat {path}"))
+        .arg(fs)
+        .output()
+        .expect("debugfs");
+    !String::from_utf8_lossy(&out.stderr).contains("File not found") && out.status.success()
+}
+
+/// A file from a FAT filesystem image, or None.
+pub fn fat_read(fs: &Path, path: &str) -> Option<Vec<u8>> {
+    let out = Command::new("mcopy")
+        .arg("-n")
+        .arg("-i")
+        .arg(fs)
+        .arg(format!("::{path}"))
+        .arg("-")
+        .output()
+        .expect("mcopy");
+    out.status.success().then_some(out.stdout)
+}
+
+/// Every file path in a FAT filesystem image.
+pub fn fat_list(fs: &Path) -> Vec<String> {
+    let out = run_ok(Command::new("mdir").arg("-i").arg(fs).arg("-/").arg("-b").arg("::"));
+    out.lines()
+        .map(|l| l.trim_start_matches("::").trim_start_matches('/').to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Replaces (or adds) one file in the FAT partition `index` of `image`, in place.
+pub fn fat_write(image: &Path, index: usize, path: &str, contents: &[u8]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let part = extract(image, index, dir.path());
+    let src = dir.path().join("new-file");
+    std::fs::write(&src, contents).expect("write file");
+    run_ok(Command::new("mcopy").arg("-o").arg("-i").arg(&part).arg(&src).arg(format!("::{path}")));
+    let t = table(image);
+    let p = &t.partitions[index - 1];
+    run_ok(
+        Command::new("dd")
+            .arg(format!("if={}", part.display()))
+            .arg(format!("of={}", image.display()))
+            .arg("bs=512")
+            .arg(format!("seek={}", p.start))
+            .arg("conv=notrunc,sparse")
+            .arg("status=none"),
+    );
+}
+
+/// A sparse copy of an image, so each boot starts from the same build.
+pub fn copy_sparse(from: &Path, to: &Path) {
+    run_ok(Command::new("cp").arg("--sparse=always").arg(from).arg(to));
+}
