@@ -25,6 +25,8 @@ pub enum Need {
     ForeignArch,
     /// Ubuntu images.
     Ubuntu,
+    /// `piha flash` onto block devices.
+    Flash,
     /// The test suite (QEMU boots, validators).
     Tests,
     /// The benchmarks under bench/.
@@ -197,6 +199,12 @@ pub fn build_checks(runner: &dyn Runner, foreign: bool, keyring: &Path) -> Vec<C
             &format!("apt-get install -t bookworm-backports e2fsprogs libarchive13 (needs >= 1.47.1 built with libarchive), {SETUP}"),
         ),
         Check::new(
+            "debugfs",
+            Need::Required,
+            version_line(runner, "debugfs", &["-V"]),
+            &format!("apt-get install e2fsprogs (debugfs zeroes the ext4 journal of every image), {SETUP}"),
+        ),
+        Check::new(
             "curl",
             Need::Required,
             version_line(runner, "curl", &["--version"]),
@@ -286,6 +294,9 @@ pub fn all_checks(runner: &dyn Runner) -> Vec<Check> {
             "apt-get install device-tree-compiler",
         ),
         ("zstd", "zstd", &["--version"], Need::Tests, "apt-get install zstd"),
+        ("lsblk", "lsblk", &["--version"], Need::Flash, "apt-get install util-linux"),
+        ("blockdev", "blockdev", &["--version"], Need::Flash, "apt-get install util-linux"),
+        ("partx", "partx", &["--version"], Need::Flash, "apt-get install util-linux"),
         ("genimage", "genimage", &["--version"], Need::Bench, "apt-get install genimage"),
     ];
     for (name, program, args, need, hint) in tools {
