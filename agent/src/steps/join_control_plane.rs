@@ -6,23 +6,14 @@
 //! join, this node's own requests to VIP:port would be delivered locally, to
 //! an API server that does not exist yet, and the join would time out.
 
-use std::net::SocketAddrV4;
-
 use piha_config::node::NodeConfig;
 
-use super::kubeadm::{self, DONE};
+use super::kubeadm;
 use super::{Env, Step};
 use crate::state::Store;
 
 pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<()> {
-    let step = Step::JoinControlPlane.name();
-    kubeadm::write_role_files(env, cfg)?;
-    kubeadm::enable_kubelet(env)?;
-    if !store.has_mark(step, DONE) {
-        let api = SocketAddrV4::new(cfg.cluster.vip, cfg.cluster.api_port);
-        kubeadm::join(env, store, step, cfg, api)?;
-        store.mark(step, DONE)?;
-    }
+    kubeadm::join_once(env, store, Step::JoinControlPlane.name(), cfg)?;
     kubeadm::start_realserver(env)
 }
 

@@ -1,24 +1,14 @@
 //! join-worker: wait (without limit) for the cluster's API at VIP:port, then
 //! `kubeadm join`. A worker never gets the VIP: it is a client of it.
 
-use std::net::SocketAddrV4;
-
 use piha_config::node::NodeConfig;
 
-use super::kubeadm::{self, DONE};
+use super::kubeadm;
 use super::{Env, Step};
 use crate::state::Store;
 
 pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<()> {
-    let step = Step::JoinWorker.name();
-    kubeadm::write_role_files(env, cfg)?;
-    kubeadm::enable_kubelet(env)?;
-    if !store.has_mark(step, DONE) {
-        let api = SocketAddrV4::new(cfg.cluster.vip, cfg.cluster.api_port);
-        kubeadm::join(env, store, step, cfg, api)?;
-        store.mark(step, DONE)?;
-    }
-    Ok(())
+    kubeadm::join_once(env, store, Step::JoinWorker.name(), cfg)
 }
 
 #[cfg(test)]

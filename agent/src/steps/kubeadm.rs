@@ -141,6 +141,20 @@ pub fn start_realserver(env: &Env) -> anyhow::Result<()> {
 /// at the VIP (without limit), then joins; a failed join is reset and tried
 /// again a few times (e.g. etcd learner promotion timing out on a slow card),
 /// then the step fails and the next boot starts over.
+/// What both joining roles do: the role's files, kubelet enabled, then (once:
+/// the DONE mark makes it idempotent) wait for the API at VIP:port and
+/// `kubeadm join`.
+pub fn join_once(env: &Env, store: &mut Store, step: &str, cfg: &NodeConfig) -> anyhow::Result<()> {
+    write_role_files(env, cfg)?;
+    enable_kubelet(env)?;
+    if !store.has_mark(step, DONE) {
+        let api = SocketAddrV4::new(cfg.cluster.vip, cfg.cluster.api_port);
+        join(env, store, step, cfg, api)?;
+        store.mark(step, DONE)?;
+    }
+    Ok(())
+}
+
 pub fn join(env: &Env, store: &mut Store, step: &str, cfg: &NodeConfig, api: SocketAddrV4) -> anyhow::Result<()> {
     let mut attempt = 1;
     loop {
