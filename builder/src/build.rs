@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::agent_bin;
 use crate::assemble::{self, Content, DiskLayout, PartKind, PartSpec, TableKind};
 use crate::board::{self, Firmware, TableKind as BoardTable};
+use crate::card::IMAGE_INFO_FILE;
 use crate::catalog;
 use crate::cli::{BuildOpts, Profile};
 use crate::customize::{self, Customization, NewEntry};
@@ -35,9 +36,6 @@ const EMBEDDED_LABEL: &str = "embedded defaults (examples/homelab.yaml)";
 
 /// Bumped when stage 2 changes what it makes from the same inputs.
 pub const CUSTOMIZE_RECIPE_VERSION: u32 = 1;
-
-/// The file on PIHA-CFG (and at /etc/piha/image.json) saying what the image is.
-pub const IMAGE_INFO_FILE: &str = "image.json";
 
 /// `image.json`: `piha stamp` reads it to refuse a node of another board.
 #[derive(Debug, Clone, Serialize)]
