@@ -42,9 +42,9 @@ echo "piha-agent on $node (amd64, Debian bookworm, QEMU TCG, host load $(cut -d'
 "$piha" status --json "$img" | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
-print(f"{\"step\":<22}{\"wall ms\":>10}{\"cpu ms\":>10}")
+print("%-22s%10s%10s" % ("step", "wall ms", "cpu ms"))
 for st in s["steps"]:
-    print(f"{st[\"name\"]:<22}{st.get(\"wall_ms\") or 0:>10}{st.get(\"cpu_ms\") or 0:>10}")
+    print("%-22s%10s%10s" % (st["name"], st.get("wall_ms") or 0, st.get("cpu_ms") or 0))
 print("phase:", s["phase"])
 '
 echo "guest seconds from kernel start: agent started ${agent_start:-?}, agent done ${agent_done:-?}"

@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use piha::render::{network_renderer_for, node_config};
+use piha::card::{network_renderer, node_config};
 use piha_config::cluster::{ClusterFile, ProxyMode, Role};
 use piha_config::node::{NetworkRenderer, NodeConfig};
 use piha_config::render::kubeadm::{self, Document};
@@ -66,7 +66,7 @@ fn secrets_for(cfg: &NodeConfig) -> Option<JoinSecrets> {
 }
 
 fn render(cluster: &ClusterFile, cluster_name: &str, node: &str) -> Vec<RenderedFile> {
-    let cfg = node_config(cluster, &example(cluster_name), node).expect("node exists");
+    let cfg = node_config(cluster, &example(cluster_name), node, &cluster.distro).expect("node exists");
     node_files(&cfg, secrets_for(&cfg).as_ref()).unwrap_or_else(|e| panic!("{cluster_name}/{node}: {e}"))
 }
 
@@ -201,7 +201,7 @@ fn every_director_config_passes_keepalived_t() {
     for cluster_name in CLUSTERS {
         let cluster = load(cluster_name);
         for lb in cluster.nodes_with_role(Role::Director) {
-            let cfg = node_config(&cluster, &example(cluster_name), &lb.name).expect("node");
+            let cfg = node_config(&cluster, &example(cluster_name), &lb.name, &cluster.distro).expect("node");
             let conf = keepalived::config(&cfg).expect("renders").expect("a director has keepalived.conf");
             keepalived_check(&conf, &keepalived::vrrp_interface(&cfg));
         }
@@ -261,7 +261,7 @@ fn kubeadm_configs_ask_for_the_right_things() {
                 assert!(!text.contains(word), "{cluster_name}/{name} mentions {word}:\n{text}");
             }
             let docs = kubeadm::parse(text).unwrap_or_else(|e| panic!("{cluster_name}/{name}: {e}"));
-            let cfg = node_config(&cluster, &example(cluster_name), name).expect("node");
+            let cfg = node_config(&cluster, &example(cluster_name), name, &cluster.distro).expect("node");
             assert_eq!(
                 docs,
                 kubeadm::documents(&cfg, Some(&fake_secrets())).expect("renders"),
@@ -343,7 +343,7 @@ fn network_files_follow_the_distro() {
         "{}",
         networkd.contents
     );
-    assert_eq!(network_renderer_for("debian-bookworm"), NetworkRenderer::Networkd);
+    assert_eq!(network_renderer("debian-bookworm").expect("distro file"), NetworkRenderer::Networkd);
 
     let homelab = load("homelab");
     for node in ["w1", "w2", "cp1"] {
