@@ -114,12 +114,16 @@ fn load_req(distro: &str, profile: Profile, cluster_file: Option<&str>) -> Reque
     }
 }
 
-fn plan(profile: Profile) -> Plan {
-    let host = host_apt::parse_deb822(
+/// A host whose apt serves bookworm from a (fake) mirror: what `url: host` resolves against.
+fn host_sources() -> Vec<host_apt::AptSource> {
+    host_apt::parse_deb822(
         Path::new("t.sources"),
         "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates bookworm-security\nComponents: main\n",
-    );
-    Plan::resolve(load_req("debian-bookworm", profile, Some("examples/qemu-lab.yaml")), &host, &repo()).unwrap()
+    )
+}
+
+fn plan(profile: Profile) -> Plan {
+    Plan::resolve(load_req("debian-bookworm", profile, Some("examples/qemu-lab.yaml")), &host_sources(), &repo()).unwrap()
 }
 
 #[test]
@@ -127,7 +131,7 @@ fn the_production_overlay_set_never_includes_the_test_overlay() {
     let test_overlay = repo().join("overlays/test");
     for distro in ["debian-bookworm", "ubuntu-noble"] {
         for cluster in [None, Some("examples/qemu-lab.yaml")] {
-            let p = Plan::resolve(load_req(distro, Profile::Production, cluster), &[], &repo()).unwrap();
+            let p = Plan::resolve(load_req(distro, Profile::Production, cluster), &host_sources(), &repo()).unwrap();
             assert!(!p.overlays.contains(&test_overlay), "{distro}: {:?}", p.overlays);
             assert!(p.skipped.is_empty(), "production skips nothing: {:?}", p.skipped);
             assert!(p.packages.iter().any(|x| x == "kubeadm"), "{:?}", p.packages);

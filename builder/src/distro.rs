@@ -235,7 +235,7 @@ family: debian
 suite: bookworm
 components: [main]
 keyring: /usr/share/keyrings/debian-archive-keyring.gpg
-mirror: {url: deb.debian.org}
+mirror: {url: mirror.invalid}
 network_renderer: networkd
 packages: {base: [systemd], runtime: {crio: [], containerd: [containerd]}, kubernetes: [], director: []}
 "#;
