@@ -25,10 +25,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use piha_runner::{Cmd, Runner, SystemRunner};
+use sha2::{Digest, Sha256};
 
 /// Link the C runtime statically (as `CARGO_ENCODED_RUSTFLAGS`; with an
 /// explicit `--target` it applies to the agent, not to build scripts or proc macros).
 pub const STATIC_RUSTFLAGS: &str = "-Ctarget-feature=+crt-static";
+
+/// Cargo `--config` for the agent's build: no LTO. The workspace's release
+/// profile uses thin LTO for `piha`; for the agent it made a one-line change
+/// cost 72 s instead of 20 s in the trixie build root (2 cores), for a
+/// binary 5% smaller (4.04 vs 4.24 MB).
+pub const AGENT_CARGO_CONFIG: &str = "profile.release.lto=false";
 
 /// How the agent will be built for an architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +165,9 @@ pub fn build_agent(arch: &str, workspace: &Path, cache_dir: &Path, runner: &dyn 
     let way = detect_with(arch, runner);
     let files = sources::list(workspace)?;
     let hash = sources::hash(workspace, &files)?;
-    let dir = cache_dir.join("agent").join(format!("{}-{}-{}", t.triple, way.slug(), &hash[..16]));
+    // The key also covers how the binary is built, so changing that rebuilds it.
+    let key = hex::encode(Sha256::digest(format!("{hash}\0{STATIC_RUSTFLAGS}\0{AGENT_CARGO_CONFIG}")));
+    let dir = cache_dir.join("agent").join(format!("{}-{}-{}", t.triple, way.slug(), &key[..16]));
     let bin = dir.join("piha-agent");
     if bin.is_file() {
         log::info!("piha-agent for {}: cached {}", t.deb, bin.display());
@@ -196,6 +205,7 @@ fn cargo_build(
         .arg(workspace.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
+        .args(["--config", AGENT_CARGO_CONFIG])
         .env("CARGO_ENCODED_RUSTFLAGS", STATIC_RUSTFLAGS);
     if way == AgentBuildPath::RustupTarget {
         let var = format!("CARGO_TARGET_{}_LINKER", t.triple.to_uppercase().replace('-', "_"));

@@ -237,7 +237,7 @@ pub fn build(root: &Path, workspace: &Path, source_hash: &str, target: &Target, 
         ])
         .arg("--manifest-path")
         .arg(format!("{src_inside}/Cargo.toml"))
-        .args(["--target-dir", "/piha/target"])
+        .args(["--target-dir", "/piha/target", "--config", crate::cross::AGENT_CARGO_CONFIG])
         .args(["--config", "source.crates-io.replace-with=\"piha-vendored\""])
         .arg("--config")
         .arg(format!("source.piha-vendored.directory=\"{vendor}\""));
