@@ -1,7 +1,9 @@
 //! The `piha-agent` binary that goes into an image, built for the image's
 //! architecture from this checkout: `$PIHA_AGENT_BIN` when set (checked to be
 //! an ELF for the right machine), else `cargo build --release -p piha-agent`
-//! of the workspace at `catalog::data_dir()`.
+//! of the workspace at `catalog::data_dir()` for the host's architecture, else
+//! a cross build along the way `crate::cross::detect` picks (rustup target,
+//! `cross`, or the Debian trixie build root).
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +13,7 @@ use serde::Deserialize;
 
 use crate::board::Arch;
 use crate::catalog;
+use crate::cross;
 use crate::plan::sha256_hex;
 use crate::progress::Progress;
 
@@ -56,18 +59,19 @@ pub fn check_arch(path: &Path, bytes: &[u8], arch: Arch) -> anyhow::Result<()> {
     }
 }
 
-/// Finds or builds the agent for `arch`.
-pub fn agent_binary(arch: Arch, runner: &dyn Runner, progress: &Progress) -> anyhow::Result<AgentBinary> {
+/// Finds or builds the agent for `arch`. `cache` holds cross-built agents and
+/// the build root; `debian_mirror` is the mirror a trixie build root is made
+/// from when the host's apt configuration has no Debian source.
+pub fn agent_binary(
+    arch: Arch,
+    cache: &Path,
+    debian_mirror: Option<&str>,
+    runner: &dyn Runner,
+    progress: &Progress,
+) -> anyhow::Result<AgentBinary> {
     if let Some(p) = std::env::var_os("PIHA_AGENT_BIN").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(p);
         return load(&path, arch, "PIHA_AGENT_BIN");
-    }
-    if Some(arch) != Arch::host() {
-        bail!(
-            "the {arch} piha-agent cannot be built on this {} host yet: the arm64 agent build comes with the arm64 work (for now set PIHA_AGENT_BIN to an {} piha-agent binary)",
-            std::env::consts::ARCH,
-            arch.rust_target()
-        );
     }
     let root = catalog::data_dir();
     let manifest = root.join("Cargo.toml");
@@ -76,6 +80,14 @@ pub fn agent_binary(arch: Arch, runner: &dyn Runner, progress: &Progress) -> any
             "{} is not a piha source checkout, so piha-agent cannot be built from it (fix: set PIHA_AGENT_BIN to a piha-agent binary, or PIHA_DATA_DIR to a checkout)",
             root.display()
         );
+    }
+    if Some(arch) != Arch::host() {
+        let way = cross::detect_with(arch.deb(), runner);
+        let task = progress.task(&format!("agent: {} for {}", way, arch.rust_target()));
+        let path = cross::build_agent_with_mirror(arch.deb(), &root, cache, debian_mirror, runner)
+            .with_context(|| format!("cross-building piha-agent for {arch} ({way})"))?;
+        task.finish();
+        return load(&path, arch, &format!("cross build: {way}"));
     }
     let task = progress.task("agent: cargo build --release -p piha-agent");
     runner

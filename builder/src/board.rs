@@ -126,6 +126,14 @@ pub struct Board {
     /// Kernel command line; handlebars, e.g. `root=LABEL={{root_label}}`.
     pub cmdline: String,
     pub boot: Boot,
+    /// Files written into the root filesystem, per distro family, before the
+    /// initramfs is built at the end of stage 1: the inputs of the distro's
+    /// own boot-partition tooling (Debian's `/etc/default/raspi-firmware`,
+    /// Ubuntu's `/etc/flash-kernel/machine`), so that kernel upgrades on a
+    /// running node write the same boot partition piha built. Handlebars, with
+    /// `root_label`, `boot_label`, `boot_mount` and `board`.
+    #[serde(default)]
+    pub rootfs_files: BTreeMap<Family, BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +193,18 @@ pub struct Boot {
     /// root_label, boot_label, board, distro, arch), by path on the partition.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// The distro families piha writes `config` for; empty: all. A family left
+    /// out gets these files from its own package (Debian's raspi-firmware
+    /// writes config.txt and cmdline.txt from `rootfs_files`).
+    #[serde(default)]
+    pub config_families: Vec<Family>,
+}
+
+impl Boot {
+    /// Whether piha generates `config` for `family`.
+    pub fn generates_config(&self, family: Family) -> bool {
+        self.config_families.is_empty() || self.config_families.contains(&family)
+    }
 }
 
 /// One rule copying root-filesystem files onto the boot partition.
@@ -274,6 +294,16 @@ impl Board {
                     b.from,
                     b.to
                 );
+            }
+        }
+        for (family, files) in &self.rootfs_files {
+            for path in files.keys() {
+                if path.starts_with('/') || path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+                    bail!(
+                        "{f}: rootfs_files.{}: {path:?} is not a relative path in the root filesystem (fix: e.g. etc/default/raspi-firmware)",
+                        family.as_str()
+                    );
+                }
             }
         }
         for pattern in &self.dpkg_exclude {

@@ -205,7 +205,12 @@ pub fn build(opts: &BuildOpts, runner: &dyn Runner, progress: &Progress) -> anyh
     timings.rootfs = secs(t.elapsed());
 
     let t = Instant::now();
-    let agent = agent_bin::agent_binary(plan.arch, runner, progress)?;
+    // A Debian image's mirror also serves the trixie build root (cross builds).
+    let debian_mirror = match distro.family {
+        board::Family::Debian => plan.sources.first().map(|s| s.url.as_str()),
+        board::Family::Ubuntu => None,
+    };
+    let agent = agent_bin::agent_binary(plan.arch, &cache, debian_mirror, runner, progress)?;
     timings.agent = secs(t.elapsed());
 
     let epoch = customize::source_date_epoch()?;
@@ -239,7 +244,12 @@ pub fn build(opts: &BuildOpts, runner: &dyn Runner, progress: &Progress) -> anyh
 
     let cmdline = render_cmdline(&plan)?;
     let mut boot_files = customized.boot_files.clone();
-    for (path, template) in &board.boot.config {
+    let generated = if board.boot.generates_config(distro.family) {
+        board.boot.config.iter().collect()
+    } else {
+        Vec::new()
+    };
+    for (path, template) in generated {
         // A generated file replaces a copied one of the same name (a package's own config.txt).
         boot_files.retain(|f| !f.path.eq_ignore_ascii_case(path));
         boot_files.push(FatFile::new(
@@ -444,7 +454,13 @@ pub fn customization(plan: &Plan, agent: &[u8], info_json: &str, epoch: u64) -> 
         templates: Some(plan.templates.clone()).filter(|t| t.is_dir()),
         context: context(plan, &cmdline),
         entries,
-        remove: REMOVE.iter().map(|s| s.to_string()).collect(),
+        remove: REMOVE
+            .iter()
+            .map(|s| s.to_string())
+            // The boot partition is mounted over this directory: what a package
+            // put there is on the partition, not hidden under it.
+            .chain([format!("{}/*", plan.req.board.partitions.boot.mount.trim_matches('/'))])
+            .collect(),
         boot_files: plan
             .req
             .board

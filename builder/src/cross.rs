@@ -161,6 +161,18 @@ fn container_engine(runner: &dyn Runner) -> String {
 /// Builds (or finds in the cache) the `piha-agent` binary for `arch` from the
 /// checkout at `workspace`; returns its path under `cache_dir`.
 pub fn build_agent(arch: &str, workspace: &Path, cache_dir: &Path, runner: &dyn Runner) -> anyhow::Result<PathBuf> {
+    build_agent_with_mirror(arch, workspace, cache_dir, None, runner)
+}
+
+/// [`build_agent`], with the Debian mirror the trixie build root (if that is
+/// the way) is made from; `None`: the host's apt configuration's.
+pub fn build_agent_with_mirror(
+    arch: &str,
+    workspace: &Path,
+    cache_dir: &Path,
+    debian_mirror: Option<&str>,
+    runner: &dyn Runner,
+) -> anyhow::Result<PathBuf> {
     let t = target(arch)?;
     let way = detect_with(arch, runner);
     let files = sources::list(workspace)?;
@@ -178,7 +190,7 @@ pub fn build_agent(arch: &str, workspace: &Path, cache_dir: &Path, runner: &dyn 
         AgentBuildPath::Native | AgentBuildPath::RustupTarget => cargo_build(way, "cargo", workspace, cache_dir, t, runner)?,
         AgentBuildPath::Cross => cargo_build(way, "cross", workspace, cache_dir, t, runner)?,
         AgentBuildPath::TrixieBuildroot => {
-            let root = buildroot::ensure(cache_dir, host_arch(), t, runner)?;
+            let root = buildroot::ensure(cache_dir, host_arch(), t, debian_mirror, runner)?;
             buildroot::build(&root, workspace, &hash, t, runner)?
         }
     };

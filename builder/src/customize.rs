@@ -203,6 +203,10 @@ pub fn run(rootfs: &Path, c: &Customization, out: &Path, progress: &Progress) ->
     let source = File::open(rootfs).with_context(|| format!("opening {}", rootfs.display()))?;
 
     let hardlinks = group_hardlinks(&mut tree);
+    // Before `remove`: the boot partition's files may come from the directory
+    // it is mounted on (raspi-firmware's /boot/firmware), which is then
+    // emptied in the root filesystem.
+    let boot_files = collect_boot_files(&tree, &source, &c.boot_files)?;
     for pattern in &c.remove {
         tree.retain(|path, _| !glob_match(pattern, path));
     }
@@ -222,7 +226,6 @@ pub fn run(rootfs: &Path, c: &Customization, out: &Path, progress: &Progress) ->
         Some(node) => parse_dpkg_status(&String::from_utf8_lossy(&read_node(&source, node)?)),
         None => Vec::new(),
     };
-    let boot_files = collect_boot_files(&tree, &source, &c.boot_files)?;
 
     let total: u64 = tree.values().map(|n| if let Kind::File(d) = &n.kind { d.size() } else { 0 }).sum();
     let task = progress.bytes("customize: write root.tar", total);

@@ -233,7 +233,20 @@ pub fn build_checks(runner: &dyn Runner, foreign: bool, keyring: &Path) -> Vec<C
             "apt-get install debian-archive-keyring (Debian) or ubuntu-keyring (Ubuntu), or run scripts/setup-host",
         ),
     ];
+    v.push(Check::new(
+        "depmod",
+        Need::Required,
+        version_line(runner, "depmod", &["--version"]),
+        &format!("apt-get install kmod (the image's module index is made on the host), {SETUP}"),
+    ));
     if foreign {
+        let way = crate::cross::detect_with("arm64", runner);
+        v.push(Check::new(
+            "piha-agent for arm64",
+            Need::ForeignArch,
+            Ok(format!("built by: {way}")),
+            "",
+        ));
         v.push(Check::new(
             "qemu-aarch64-static",
             Need::ForeignArch,

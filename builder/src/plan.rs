@@ -24,7 +24,7 @@ use crate::manifest::Skipped;
 
 /// Bumped whenever the rootfs stage changes in a way its inputs do not show
 /// (hook scripts, mmdebstrap options), so old cached tarballs are not reused.
-pub const ROOTFS_RECIPE_VERSION: u32 = 1;
+pub const ROOTFS_RECIPE_VERSION: u32 = 2;
 
 /// What the user asked for.
 #[derive(Debug, Clone)]

@@ -25,6 +25,7 @@ use anyhow::{Context, bail};
 use piha_runner::{Cmd, Runner};
 use serde::Serialize;
 
+use crate::board::Family;
 use crate::manifest::Package;
 use crate::plan::{self, Plan, ROOTFS_RECIPE_VERSION};
 use crate::progress::Progress;
@@ -105,6 +106,7 @@ pub fn ensure(plan: &Plan, cache: &Path, no_cache: bool, runner: &dyn Runner, pr
     let keys = fetch_keys(plan, cache, runner)?;
     let setup_hook = setup_hook(plan)?;
     let customize_hook = customize_hook();
+    let files = stage_rootfs_files(plan, cache)?;
     let material = KeyMaterial {
         recipe: ROOTFS_RECIPE_VERSION,
         mmdebstrap: &version,
@@ -133,6 +135,7 @@ pub fn ensure(plan: &Plan, cache: &Path, no_cache: bool, runner: &dyn Runner, pr
             &keys,
             &setup_hook,
             &customize_hook,
+            files.as_deref(),
         )?
         .display()
         .replace(&cache.display().to_string(), "@CACHE@"),
@@ -165,7 +168,7 @@ pub fn ensure(plan: &Plan, cache: &Path, no_cache: bool, runner: &dyn Runner, pr
     let debs = debs_dir(cache, plan);
     std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
     let tmp = cache.join(format!(".rootfs-{key}.partial.tar"));
-    let cmd = command(plan, &tmp, &debs, &keys, &setup_hook, &customize_hook)?;
+    let cmd = command(plan, &tmp, &debs, &keys, &setup_hook, &customize_hook, files.as_deref())?;
     let task = progress.task(&format!(
         "rootfs: mmdebstrap {} {} ({} packages)",
         plan.req.distro.suite,
@@ -272,6 +275,98 @@ fn setup_hook(plan: &Plan) -> anyhow::Result<String> {
     ))
 }
 
+/// The programs whose work is deferred to one run at the end of stage 1, by
+/// family: `update-initramfs` (the kernel's postinst and initramfs-tools'
+/// trigger would each build an initramfs) and `depmod` (run natively on the
+/// host instead). Paths as the packages ship them: bookworm's kmod still has
+/// `/sbin/depmod`, noble's has moved it to `/usr/sbin`.
+fn deferred_programs(family: Family) -> [&'static str; 2] {
+    match family {
+        Family::Debian => ["/usr/sbin/update-initramfs", "/sbin/depmod"],
+        Family::Ubuntu => ["/usr/sbin/update-initramfs", "/usr/sbin/depmod"],
+    }
+}
+
+/// After the essential packages: divert the deferred programs to no-ops, and
+/// put empty SSH host keys in place so openssh-server's postinst skips
+/// `ssh-keygen` (emulated, slow, and keys every card would share; each node
+/// makes its own on first boot, overlays/base piha-ssh-hostkeys.service).
+fn essential_hooks(family: Family) -> Vec<String> {
+    let programs = deferred_programs(family).join(" ");
+    vec![
+        format!(
+            "set -e; for t in {programs}; do chroot \"$1\" dpkg-divert --quiet --local --rename --add \"$t\"; \
+             printf '#!/bin/sh\\n# piha: deferred to the end of the root filesystem build\\nexit 0\\n' > \"$1$t\"; chmod 755 \"$1$t\"; done"
+        ),
+        "set -e; mkdir -p \"$1/etc/ssh\"; for t in rsa ecdsa ed25519; do : > \"$1/etc/ssh/ssh_host_${t}_key\"; done".to_string(),
+    ]
+}
+
+/// At the end: the board's root filesystem files, the deferred programs put
+/// back, `depmod` once per kernel on the host (kmod reads modules of any
+/// architecture; seconds instead of minutes under qemu-user), one initramfs
+/// per kernel (whose post-update hooks, e.g. raspi-firmware, fill
+/// /boot/firmware), and the SSH key placeholders removed.
+fn final_hooks(family: Family, files: Option<&Path>) -> Vec<String> {
+    let programs = deferred_programs(family).join(" ");
+    let mut v = Vec::new();
+    if let Some(dir) = files {
+        v.push(format!("sync-in {} /", dir.display()));
+    }
+    v.push(format!(
+        "set -e; for t in {programs}; do rm -f \"$1$t\"; done; \
+         for t in {programs}; do chroot \"$1\" dpkg-divert --quiet --local --rename --remove \"$t\"; done"
+    ));
+    v.push("set -e; for k in \"$1\"/lib/modules/*; do [ -d \"$k\" ] || continue; depmod -b \"$1\" \"${k##*/}\"; done".to_string());
+    v.push("set -e; if [ -x \"$1/usr/sbin/update-initramfs\" ]; then chroot \"$1\" update-initramfs -c -k all; fi".to_string());
+    v.push("rm -f \"$1\"/etc/ssh/ssh_host_*".to_string());
+    v
+}
+
+/// Renders the board's `rootfs_files` for this family into
+/// `<cache>/rootfs-files/<digest>/`, which a customize hook syncs into the
+/// root filesystem. `None` when the board has none.
+fn stage_rootfs_files(plan: &Plan, cache: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let board = &plan.req.board;
+    let Some(files) = board.rootfs_files.get(&plan.req.distro.family).filter(|f| !f.is_empty()) else {
+        return Ok(None);
+    };
+    let mut hb = handlebars::Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(handlebars::no_escape);
+    let ctx = serde_json::json!({
+        "board": board.name,
+        "root_label": board.partitions.root.label,
+        "boot_label": board.partitions.boot.label,
+        "boot_mount": board.partitions.boot.mount,
+    });
+    let mut rendered = Vec::new();
+    for (path, template) in files {
+        let text = hb.render_template(template, &ctx).with_context(|| {
+            format!(
+                "{}: rootfs_files.{}.{path}",
+                plan.req.board_file.display(),
+                plan.req.distro.family.as_str()
+            )
+        })?;
+        rendered.push((path.clone(), text));
+    }
+    let digest = plan::sha256_hex(serde_json::to_string(&rendered)?.as_bytes());
+    let dir = cache.join("rootfs-files").join(&digest[..16]);
+    if !dir.is_dir() {
+        let tmp = cache.join("rootfs-files").join(format!(".{}.partial", &digest[..16]));
+        let _ = std::fs::remove_dir_all(&tmp);
+        for (path, text) in &rendered {
+            let to = tmp.join(path);
+            std::fs::create_dir_all(to.parent().expect("relative path has a parent"))
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            std::fs::write(&to, text).with_context(|| format!("writing {}", to.display()))?;
+        }
+        std::fs::rename(&tmp, &dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+    }
+    Ok(Some(dir))
+}
+
 /// Creates the admin user: in the sudo group, password locked (login by SSH key only).
 fn customize_hook() -> String {
     format!(
@@ -280,7 +375,16 @@ fn customize_hook() -> String {
     )
 }
 
-fn command(plan: &Plan, out: &Path, debs: &Path, keys: &[RepoKey], setup_hook: &str, customize_hook: &str) -> anyhow::Result<Cmd> {
+fn command(
+    plan: &Plan,
+    out: &Path,
+    debs: &Path,
+    keys: &[RepoKey],
+    setup_hook: &str,
+    customize_hook: &str,
+    files: Option<&Path>,
+) -> anyhow::Result<Cmd> {
+    let family = plan.req.distro.family;
     let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
     let mut cmd = Cmd::new("mmdebstrap")
         .arg(if root { "--mode=root" } else { "--mode=unshare" })
@@ -320,7 +424,14 @@ fn command(plan: &Plan, out: &Path, debs: &Path, keys: &[RepoKey], setup_hook: &
     cmd = cmd
         .arg("--skip=essential/unlink")
         .arg("--setup-hook=mkdir -p \"$1/var/cache/apt/archives/\"")
-        .arg(format!("--setup-hook=sync-in {} /var/cache/apt/archives/", debs.display()))
+        .arg(format!("--setup-hook=sync-in {} /var/cache/apt/archives/", debs.display()));
+    for hook in essential_hooks(family) {
+        cmd = cmd.arg(format!("--essential-hook={hook}"));
+    }
+    for hook in final_hooks(family, files) {
+        cmd = cmd.arg(format!("--customize-hook={hook}"));
+    }
+    cmd = cmd
         .arg(format!("--customize-hook={customize_hook}"))
         .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {}", debs.display()))
         .arg(&plan.req.distro.suite)

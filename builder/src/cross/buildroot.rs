@@ -63,10 +63,14 @@ pub fn root_dir(cache_dir: &Path, host: &str, target: &Target) -> PathBuf {
     cache_dir.join(format!("buildroot-{SUITE}-{}", &hex::encode(h.finalize())[..16]))
 }
 
-/// A Debian mirror from the host's apt configuration: one serving trixie,
-/// else any other Debian release the host uses (same archive), else the
-/// fallback of `distros/debian-bookworm.yaml`. No mirror host is named here.
-fn debian_mirror() -> anyhow::Result<String> {
+/// The Debian mirror for the build root: `explicit` (`piha build --mirror`
+/// on a Debian build), else the host's apt source for trixie, else for any
+/// other Debian release (one archive serves them all). No mirror host is
+/// named here.
+fn debian_mirror(explicit: Option<&str>) -> anyhow::Result<String> {
+    if let Some(m) = explicit {
+        return Ok(m.trim_end_matches('/').to_string());
+    }
     let sources = host_apt::host_sources(Path::new("/"));
     let debian_suites = [SUITE, "bookworm", "forky", "sid", "unstable", "testing", "stable", "bullseye"];
     for suite in debian_suites {
@@ -74,23 +78,20 @@ fn debian_mirror() -> anyhow::Result<String> {
             return Ok(m);
         }
     }
-    let (distro, file, _) = crate::distro::load("debian-bookworm")?;
-    distro.mirror.fallback.with_context(|| {
-        format!(
-            "no Debian source in /etc/apt and no mirror.fallback in {}: add one of them to build the {SUITE} build root",
-            file.display()
-        )
-    })
+    bail!(
+        "no Debian source in this host's apt configuration (/etc/apt/sources.list, sources.list.d/) to make the {SUITE} build root \
+         that cross-builds piha-agent from (fix: pass --mirror URL of a Debian mirror, or install a rustup target or cross)"
+    )
 }
 
 /// Makes the build root unless it exists; returns its path.
-pub fn ensure(cache_dir: &Path, host: &str, target: &Target, runner: &dyn Runner) -> anyhow::Result<PathBuf> {
+pub fn ensure(cache_dir: &Path, host: &str, target: &Target, mirror: Option<&str>, runner: &dyn Runner) -> anyhow::Result<PathBuf> {
     let root = root_dir(cache_dir, host, target);
     if root.join("usr/bin/cargo").exists() {
         return Ok(root);
     }
     fs::create_dir_all(cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
-    let mirror = debian_mirror()?;
+    let mirror = debian_mirror(mirror)?;
     // mmdebstrap wants a directory that does not exist or is empty; it is
     // renamed into place only once complete.
     let tmp = cache_dir.join(format!(
@@ -283,7 +284,7 @@ mod tests {
 
     use piha_runner::RecordingRunner;
 
-    use super::{chroot_cmd, packages, root_dir};
+    use super::{chroot_cmd, debian_mirror, packages, root_dir};
     use crate::cross::target;
 
     #[test]
@@ -305,6 +306,11 @@ mod tests {
             packages("arm64", t)[3..],
             ["libstd-rust-dev:amd64", "gcc-x86-64-linux-gnu", "libc6-dev-amd64-cross"]
         );
+    }
+
+    #[test]
+    fn explicit_mirror_wins() {
+        assert_eq!(debian_mirror(Some("http://m.example/debian/")).unwrap(), "http://m.example/debian");
     }
 
     #[test]
