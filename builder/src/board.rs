@@ -399,6 +399,18 @@ boot:
     }
 
     #[test]
+    fn rootfs_files_are_relative_and_config_families_filter() {
+        let text = format!("{MINIMAL}rootfs_files:\n  debian:\n    /etc/default/x: \"y\"\n");
+        let err = Board::parse(Path::new("boards/t.yaml"), &text).unwrap_err().to_string();
+        assert!(err.contains("rootfs_files.debian: \"/etc/default/x\""), "{err}");
+        let text = MINIMAL.replace("  files:\n", "  config_families: [ubuntu]\n  files:\n");
+        let b = Board::parse(Path::new("boards/t.yaml"), &text).unwrap();
+        assert!(b.boot.generates_config(Family::Ubuntu));
+        assert!(!b.boot.generates_config(Family::Debian));
+        assert!(Board::parse(Path::new("boards/t.yaml"), MINIMAL).unwrap().boot.generates_config(Family::Debian));
+    }
+
+    #[test]
     fn pi_needs_mbr() {
         let text = MINIMAL.replace("firmware: uefi", "firmware: rpi");
         let err = Board::parse(Path::new("boards/t.yaml"), &text).unwrap_err().to_string();

@@ -448,8 +448,31 @@ fn command(
 
 #[cfg(test)]
 mod tests {
-    use super::prune_debs;
+    use std::path::Path;
+
+    use super::{essential_hooks, final_hooks, prune_debs};
+    use crate::board::Family;
     use crate::manifest::Package;
+
+    #[test]
+    fn initramfs_and_depmod_run_once_at_the_end() {
+        let early = essential_hooks(Family::Debian).join("\n");
+        assert!(early.contains("dpkg-divert --quiet --local --rename --add \"$t\""), "{early}");
+        assert!(early.contains("/usr/sbin/update-initramfs /sbin/depmod"), "{early}");
+        assert!(early.contains("ssh_host_${t}_key"), "{early}");
+        // noble's kmod ships /usr/sbin/depmod: the diversion must name the package's path.
+        assert!(essential_hooks(Family::Ubuntu).join("\n").contains("/usr/sbin/depmod"));
+
+        let late = final_hooks(Family::Debian, Some(Path::new("/c/rootfs-files/x")));
+        let at = |needle: &str| late.iter().position(|h| h.contains(needle)).unwrap_or_else(|| panic!("no {needle} in {late:?}"));
+        // The board's files (raspi-firmware's inputs) are in place before the
+        // one initramfs run whose hooks read them; depmod before mkinitramfs.
+        assert!(at("sync-in /c/rootfs-files/x /") < at("update-initramfs -c -k all"));
+        assert!(at("--remove") < at("depmod -b"));
+        assert!(at("depmod -b") < at("update-initramfs -c -k all"));
+        assert!(at("ssh_host_*") > at("update-initramfs -c -k all"));
+        assert!(!final_hooks(Family::Debian, None).iter().any(|h| h.starts_with("sync-in")));
+    }
 
     #[test]
     fn prune_keeps_installed_versions_only() {
