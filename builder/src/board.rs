@@ -318,13 +318,18 @@ impl Board {
     pub fn packages_for(&self, family: Family, file: &Path) -> anyhow::Result<&[String]> {
         match self.packages.get(&family) {
             Some(p) => Ok(p),
-            None => bail!(
-                "{}: packages: board {} has no {} packages (fix: add `{}: [kernel, bootloader]` or pick another distro)",
-                file.display(),
-                self.name,
-                family.as_str(),
-                family.as_str()
-            ),
+            None => {
+                let have: Vec<&str> = self.packages.keys().map(|f| f.as_str()).collect();
+                bail!(
+                    "{}: packages: board {} has no {} packages, only {} (fix: build it with --distro {}, or add `{}: [kernel, bootloader]` if that family's kernel supports the board)",
+                    file.display(),
+                    self.name,
+                    family.as_str(),
+                    have.join(", "),
+                    if have.contains(&"ubuntu") { "ubuntu-noble" } else { "debian-bookworm" },
+                    family.as_str()
+                )
+            }
         }
     }
 
