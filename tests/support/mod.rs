@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod image;
+pub mod lab;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};
