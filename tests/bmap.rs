@@ -2,6 +2,8 @@
 //! accepts piha's maps and produces the same bytes as `piha flash`; piha
 //! accepts maps made by `bmaptool create` and they describe the same ranges.
 
+mod support;
+
 #[path = "flash/image.rs"]
 mod image;
 

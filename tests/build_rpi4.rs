@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use support::disk::Loop;
 use support::image::{self, Partition};
 use support::lab::{Lab, observed, status, tail, test_build};
 use support::qemu::{Boot, Machine, boot};
@@ -622,27 +623,20 @@ enum BootMount {
 /// and detached on drop, whatever happened.
 struct Chroot {
     root: PathBuf,
-    loop_dev: String,
+    /// Detached by its own drop, after [`Chroot`]'s unmounts.
+    dev: Loop,
     mounts: Vec<PathBuf>,
     boot: BootMount,
 }
 
 impl Chroot {
     fn new(image: &Path, root: &Path) -> Chroot {
-        let loop_dev = run_ok(Command::new("losetup").args(["--find", "--show", "--partscan"]).arg(image))
-            .trim()
-            .to_string();
         let mut c = Chroot {
             root: root.to_path_buf(),
-            loop_dev,
+            dev: Loop::attach_partitioned(image),
             mounts: Vec::new(),
             boot: BootMount::Vfat,
         };
-        // Some kernels skip the scan --partscan asks for (seen on this CI
-        // machine); partx reads the table itself and adds the partitions.
-        if !Path::new(&c.part(3)).exists() {
-            run_ok(Command::new("partx").arg("--add").arg(&c.loop_dev));
-        }
         assert!(Path::new(&c.part(3)).exists(), "no {} after partx --add", c.part(3));
         c.mount(&[&c.part(3)], root);
         let firmware = root.join("boot/firmware");
@@ -673,7 +667,7 @@ impl Chroot {
     }
 
     fn part(&self, n: u32) -> String {
-        format!("{}p{n}", self.loop_dev)
+        self.dev.part(n).display().to_string()
     }
 
     fn mount(&mut self, args: &[&str], at: &Path) {
@@ -739,8 +733,6 @@ impl Drop for Chroot {
                 let _ = Command::new("umount").arg("--lazy").arg(m).status();
             }
         }
-        let _ = Command::new("partx").arg("--delete").arg(&self.loop_dev).status();
-        let _ = Command::new("losetup").arg("--detach").arg(&self.loop_dev).status();
     }
 }
 

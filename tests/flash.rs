@@ -2,6 +2,8 @@
 //! left alone, every failure leaves the first MiB zeroed, and every refusal
 //! happens before a byte is written. Needs root (losetup, mount).
 
+mod support;
+
 #[path = "flash/image.rs"]
 mod image;
 
@@ -9,7 +11,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use image::{CFG_SIZE, CFG_START, IMAGE_SIZE, Lab, Loop, MIB, Mount, TestImage, assert_same, failed, ok, pattern_file, run, sha256_hex};
+use image::{CFG_SIZE, CFG_START, IMAGE_SIZE, Lab, MIB, TestImage, assert_same, failed, ok, pattern_file, run, sha256_hex};
 use piha::bmap::Bmap;
 use piha::flash::ledger::{Ledger, ledger_path};
 use piha::flash::source::ImageSource;
@@ -17,6 +19,7 @@ use piha::flash::target::{BlockTarget, FailingTarget, Failure, FileTarget, Write
 use piha::flash::write::{HEAD, WriteReport, write_image};
 use piha::progress::Progress;
 use piha_runner::{Cmd, SystemRunner};
+use support::disk::{Loop, Mount};
 
 fn flash_lib(image: &Path, target: &mut dyn WriteTarget) -> anyhow::Result<WriteReport> {
     let source = ImageSource::open(image, None, &SystemRunner)?;

@@ -14,7 +14,8 @@ use std::process::{Command, Output};
 
 use piha::ext4::{self, Mkfs, Sizing};
 use piha_runner::{Cmd, Runner, SystemRunner};
-use serde::Deserialize;
+use support::disk::{Loop, Mount, noise};
+use support::image::table;
 use support::{repo, run_ok};
 
 const MIB: u64 = 1 << 20;
@@ -60,54 +61,6 @@ impl Label {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct SfdiskDump {
-    partitiontable: Table,
-}
-
-/// `sfdisk -J`, minus the device-specific node names.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-struct Table {
-    label: String,
-    /// Disk GUID (GPT) or disk identifier (MBR): `root=PARTUUID=` depends on it.
-    id: String,
-    #[serde(default)]
-    lastlba: Option<u64>,
-    partitions: Vec<Part>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-struct Part {
-    start: u64,
-    size: u64,
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    uuid: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    bootable: Option<bool>,
-}
-
-fn table(disk: &Path) -> Table {
-    let json = run_ok(Command::new("sfdisk").arg("-J").arg(disk));
-    serde_json::from_str::<SfdiskDump>(&json).expect("sfdisk -J output").partitiontable
-}
-
-/// Deterministic bytes, so p2 is recognisably itself afterwards.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A piha-like image grown into a bigger card: the table, a FAT p1, noise in
 /// p2, and p3 an ext4 made by the builder's own mke2fs call from a tar that
 /// holds a marker file and the top-level directories a chroot needs.
@@ -134,7 +87,7 @@ impl Card {
             .write(true)
             .open(&img)
             .unwrap()
-            .write_all_at(&noise(4 * MIB as usize), 9 * MIB)
+            .write_all_at(&noise(4 * MIB as usize, 0), 9 * MIB)
             .unwrap();
 
         let tree = dir.path().join("tree");
@@ -171,73 +124,11 @@ impl Card {
     }
 }
 
-/// A loop device over a card with partition nodes, detached when dropped.
-struct Loop {
-    dev: PathBuf,
-    name: String,
-}
-
-impl Loop {
-    fn attach(backing: &Path) -> Loop {
-        let out = run_ok(Command::new("losetup").args(["-P", "--find", "--show"]).arg(backing));
-        let dev = PathBuf::from(out.trim());
-        let name = dev.file_name().unwrap().to_string_lossy().into_owned();
-        let lp = Loop { dev, name };
-        // A kernel without partition-table parsers (some VM kernels) scans
-        // nothing with -P: add the partitions from user space (BLKPG).
-        if !lp.sys_part(3).exists() {
-            run_ok(Command::new("partx").arg("-a").arg(&lp.dev));
-        }
-        lp
-    }
-
-    fn sys_part(&self, n: u32) -> PathBuf {
-        Path::new("/sys/class/block").join(&self.name).join(format!("{}p{n}", self.name))
-    }
-
-    fn part(&self, n: u32) -> PathBuf {
-        PathBuf::from(format!("{}p{n}", self.dev.display()))
-    }
-
-    fn read(&self, offset: u64, len: u64) -> Vec<u8> {
-        let mut buf = vec![0; len as usize];
-        File::open(&self.dev).unwrap().read_exact_at(&mut buf, offset).unwrap();
-        buf
-    }
-
-    /// The partition tables: the first 34 sectors and the last 33.
-    fn table_sectors(&self) -> Vec<u8> {
-        let mut v = self.read(0, 34 * SECTOR);
-        v.extend(self.read(CARD_BYTES - 33 * SECTOR, 33 * SECTOR));
-        v
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        // Partitions added with partx outlive the detach on some kernels.
-        let _ = Command::new("partx").arg("-d").arg(&self.dev).output();
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).output();
-    }
-}
-
-/// A filesystem mounted on the host for the duration of a test.
-struct Mount {
-    dir: tempfile::TempDir,
-}
-
-impl Mount {
-    fn new(dev: &Path) -> Mount {
-        let dir = tempfile::tempdir().unwrap();
-        run_ok(Command::new("mount").arg(dev).arg(dir.path()));
-        Mount { dir }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).output();
-    }
+/// The partition tables of a card: the first 34 sectors and the last 33.
+fn table_sectors(lp: &Loop) -> Vec<u8> {
+    let mut v = lp.read_at(0, 34 * SECTOR);
+    v.extend(lp.read_at(CARD_BYTES - 33 * SECTOR, 33 * SECTOR));
+    v
 }
 
 /// `growroot DEV` on the host.
@@ -314,15 +205,15 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// protective MBR covers the card, the primary header points at a backup
 /// header in the last sector, which points back and has its table before it.
 fn assert_gpt_spans_the_card(lp: &Loop) {
-    let mbr = lp.read(0, SECTOR);
+    let mbr = lp.read_at(0, SECTOR);
     assert_eq!(mbr[446 + 4], 0xEE, "protective MBR entry");
     let pmbr_sectors = u32::from_le_bytes(mbr[446 + 12..446 + 16].try_into().unwrap());
     assert_eq!(u64::from(pmbr_sectors), CARD_SECTORS - 1, "protective MBR size");
-    let primary = lp.read(SECTOR, SECTOR);
+    let primary = lp.read_at(SECTOR, SECTOR);
     assert_eq!(&primary[..8], b"EFI PART");
     assert_eq!(u64_at(&primary, 32), CARD_SECTORS - 1, "primary header's AlternateLBA");
     assert_eq!(u64_at(&primary, 48), LAST_USABLE, "primary header's LastUsableLBA");
-    let backup = lp.read(CARD_BYTES - SECTOR, SECTOR);
+    let backup = lp.read_at(CARD_BYTES - SECTOR, SECTOR);
     assert_eq!(&backup[..8], b"EFI PART", "no backup GPT header in the card's last sector");
     assert_eq!(u64_at(&backup, 24), CARD_SECTORS - 1, "backup header's MyLBA");
     assert_eq!(u64_at(&backup, 32), 1, "backup header's AlternateLBA");
@@ -335,16 +226,18 @@ fn assert_gpt_spans_the_card(lp: &Loop) {
 
 fn grows_the_root_to_the_end_of_the_card(label: Label) {
     let card = Card::new(label);
-    let image_table = table(&card.img);
-    assert_eq!(image_table.partitions[2].size * SECTOR, P3_BYTES);
+    assert_eq!(table(&card.img).partitions[2].size * SECTOR, P3_BYTES);
     if label == Label::Gpt {
         // What a card bigger than its image looks like before the first boot.
         let verify = run_ok(Command::new("sgdisk").arg("-v").arg(&card.img));
         assert!(verify.contains("doesn't reside\nat the end of the disk"), "sgdisk -v:\n{verify}");
     }
-    let lp = Loop::attach(&card.img);
+    let lp = Loop::attach_partitioned(&card.img);
+    // The table as flashed, read through the device (node names and all).
+    let image_table = table(&lp.dev);
+    assert!(image_table.id.is_some(), "no disk identifier: {image_table:#?}");
     let p3 = lp.part(3);
-    let p1_p2 = lp.read(MIB, 12 * MIB);
+    let p1_p2 = lp.read_at(MIB, 12 * MIB);
 
     // First boot: growroot with no argument finds the root itself.
     let first = growroot_as_root(&card, &p3);
@@ -380,7 +273,7 @@ fn grows_the_root_to_the_end_of_the_card(label: Label) {
     want.partitions[2].size = LAST_USABLE + 1 - p.start;
     want.lastlba = want.lastlba.map(|_| LAST_USABLE);
     assert_eq!(grown, want, "only p3's size (and GPT's last usable sector) may change");
-    assert_eq!(lp.read(MIB, 12 * MIB), p1_p2, "p1 and p2 bytes changed");
+    assert_eq!(lp.read_at(MIB, 12 * MIB), p1_p2, "p1 and p2 bytes changed");
     run_ok(Command::new("sfdisk").arg("--verify").arg(&lp.dev));
     if label == Label::Gpt {
         assert_gpt_spans_the_card(&lp);
@@ -408,7 +301,7 @@ fn grows_the_root_to_the_end_of_the_card(label: Label) {
     assert_eq!(fs::read_to_string(mount.dir.path().join("marker")).unwrap(), "still here\n");
 
     // Every later boot: mounted, nothing to do, nothing written.
-    let tables = lp.table_sectors();
+    let tables = table_sectors(&lp);
     let again = stdout(&growroot(&p3));
     assert_eq!(
         again,
@@ -419,7 +312,7 @@ fn grows_the_root_to_the_end_of_the_card(label: Label) {
             fs_bytes / 4096
         )
     );
-    assert_eq!(lp.table_sectors(), tables, "a second run rewrote the partition table");
+    assert_eq!(table_sectors(&lp), tables, "a second run rewrote the partition table");
     drop(mount);
     // And offline, named by a link as /dev/disk/by-label/ would.
     let link = card.dir.path().join("by-label-root");
@@ -431,7 +324,7 @@ fn grows_the_root_to_the_end_of_the_card(label: Label) {
             && again.contains("; ext4 already fills it ("),
         "{again}"
     );
-    assert_eq!(lp.table_sectors(), tables);
+    assert_eq!(table_sectors(&lp), tables);
     assert_eq!(ext4_bytes(&p3), fs_bytes);
     drop(lp);
     drop(card);
@@ -450,8 +343,8 @@ fn mbr_root_grows_to_the_end_of_a_bigger_card() {
 #[test]
 fn refuses_what_it_cannot_grow_before_touching_the_table() {
     let card = Card::new(Label::Mbr);
-    let lp = Loop::attach(&card.img);
-    let tables = lp.table_sectors();
+    let lp = Loop::attach_partitioned(&card.img);
+    let tables = table_sectors(&lp);
     for (dev, says) in [
         (lp.dev.clone(), "is not a partition"),
         (lp.part(1), "holds 'vfat', not ext4"),
@@ -468,7 +361,7 @@ fn refuses_what_it_cannot_grow_before_touching_the_table() {
     }
     let usage = Command::new(growroot_script()).args(["a", "b"]).output().unwrap();
     assert_eq!(usage.status.code(), Some(2), "{}", text(&usage));
-    assert_eq!(lp.table_sectors(), tables);
+    assert_eq!(table_sectors(&lp), tables);
 }
 
 /// `Key=value` lines of one section of a unit file, values split on spaces.

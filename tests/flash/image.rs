@@ -15,6 +15,8 @@ use piha::bmap::Bmap;
 use piha_runner::{Cmd, Runner, SystemRunner};
 use sha2::{Digest, Sha256};
 
+use crate::support::disk::noise;
+
 pub const MIB: u64 = 1 << 20;
 pub const IMAGE_SIZE: u64 = 64 * MIB;
 /// PIHA-CFG: sectors 34816.. (17 MiB), 16 MiB long.
@@ -24,19 +26,6 @@ pub const CFG_SIZE: u64 = 16 * MIB;
 /// Runs a tool through the runner, panicking with its stderr on failure.
 pub fn run(cmd: Cmd) -> Vec<u8> {
     SystemRunner.run(&cmd).unwrap_or_else(|e| panic!("{e}")).stdout
-}
-
-/// Deterministic bytes that do not compress to nothing.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// The test image and its companions, in a temp dir.
@@ -120,56 +109,6 @@ pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
 
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
-}
-
-/// A loop device over a backing file, detached when dropped.
-pub struct Loop {
-    pub dev: PathBuf,
-}
-
-impl Loop {
-    pub fn attach(backing: &Path) -> Loop {
-        let out = run(Cmd::new("losetup").args(["--find", "--show"]).arg(backing));
-        Loop {
-            dev: PathBuf::from(String::from_utf8(out).unwrap().trim()),
-        }
-    }
-
-    pub fn read_all(&self) -> Vec<u8> {
-        fs::read(&self.dev).unwrap()
-    }
-
-    pub fn name(&self) -> String {
-        self.dev.file_name().unwrap().to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        // Partitions added with partx (BLKPG) outlive the detach on this
-        // kernel and would confuse the next user of the device: drop them first.
-        let _ = SystemRunner.run(&Cmd::new("partx").arg("-d").arg(&self.dev));
-        let _ = SystemRunner.run(&Cmd::new("losetup").arg("-d").arg(&self.dev));
-    }
-}
-
-/// A filesystem mounted for the duration of a test.
-pub struct Mount {
-    pub dir: tempfile::TempDir,
-}
-
-impl Mount {
-    pub fn new(dev: &Path) -> Mount {
-        let dir = tempfile::tempdir().unwrap();
-        run(Cmd::new("mount").arg(dev).arg(dir.path()));
-        Mount { dir }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = SystemRunner.run(&Cmd::new("umount").arg(self.dir.path()));
-    }
 }
 
 /// A temp dir holding the example QEMU cluster and its secrets (`piha init`).

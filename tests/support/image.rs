@@ -13,13 +13,17 @@ struct SfdiskDump {
     partitiontable: PartitionTable,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct PartitionTable {
     pub label: String,
+    /// Disk GUID (GPT) or disk identifier (MBR): `root=PARTUUID=` depends on it.
     #[serde(default)]
     pub id: Option<String>,
     #[serde(default = "default_sector")]
     pub sectorsize: u64,
+    /// GPT's last usable sector.
+    #[serde(default)]
+    pub lastlba: Option<u64>,
     pub partitions: Vec<Partition>,
 }
 
@@ -27,13 +31,16 @@ fn default_sector() -> u64 {
     512
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Partition {
     pub node: String,
     pub start: u64,
     pub size: u64,
     #[serde(rename = "type")]
     pub kind: String,
+    /// GPT partition GUID.
+    #[serde(default)]
+    pub uuid: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
