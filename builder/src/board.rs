@@ -326,7 +326,11 @@ impl Board {
                     self.name,
                     family.as_str(),
                     have.join(", "),
-                    if have.contains(&"ubuntu") { "ubuntu-noble" } else { "debian-bookworm" },
+                    if have.contains(&"ubuntu") {
+                        "ubuntu-noble"
+                    } else {
+                        "debian-bookworm"
+                    },
                     family.as_str()
                 )
             }
@@ -412,7 +416,12 @@ boot:
         let b = Board::parse(Path::new("boards/t.yaml"), &text).unwrap();
         assert!(b.boot.generates_config(Family::Ubuntu));
         assert!(!b.boot.generates_config(Family::Debian));
-        assert!(Board::parse(Path::new("boards/t.yaml"), MINIMAL).unwrap().boot.generates_config(Family::Debian));
+        assert!(
+            Board::parse(Path::new("boards/t.yaml"), MINIMAL)
+                .unwrap()
+                .boot
+                .generates_config(Family::Debian)
+        );
     }
 
     #[test]

@@ -408,24 +408,17 @@ fn context(plan: &Plan, cmdline: &str) -> serde_json::Value {
     })
 }
 
-fn handlebars() -> handlebars::Handlebars<'static> {
-    let mut hb = handlebars::Handlebars::new();
-    hb.set_strict_mode(true);
-    hb.register_escape_fn(handlebars::no_escape);
-    hb
-}
-
 /// The board's kernel command line with its variables filled in.
 pub fn render_cmdline(plan: &Plan) -> anyhow::Result<String> {
     let ctx = context(plan, "");
-    handlebars()
+    customize::template_engine()
         .render_template(&plan.req.board.cmdline, &ctx)
         .with_context(|| format!("{}: cmdline", plan.req.board_file.display()))
         .map(|s| s.trim().to_string())
 }
 
 fn render_boot_template(plan: &Plan, template: &str, cmdline: &str) -> anyhow::Result<String> {
-    Ok(handlebars().render_template(template, &context(plan, cmdline))?)
+    Ok(customize::template_engine().render_template(template, &context(plan, cmdline))?)
 }
 
 /// Everything stage 2 does for this plan.

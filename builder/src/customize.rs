@@ -481,10 +481,19 @@ fn add_overlay(tree: &mut Tree, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn add_templates(tree: &mut Tree, dir: &Path, context: &serde_json::Value) -> anyhow::Result<()> {
+/// The handlebars engine for every template piha renders into an image
+/// (rootfs templates, boot configuration, board `rootfs_files`): strict, so a
+/// misspelt variable is an error, and without HTML escaping, since the
+/// outputs are configuration files.
+pub fn template_engine() -> Handlebars<'static> {
     let mut hb = Handlebars::new();
     hb.set_strict_mode(true);
     hb.register_escape_fn(handlebars::no_escape);
+    hb
+}
+
+fn add_templates(tree: &mut Tree, dir: &Path, context: &serde_json::Value) -> anyhow::Result<()> {
+    let hb = template_engine();
     for (rel, meta) in walk(dir)? {
         let full = dir.join(&rel);
         if meta.is_dir() {

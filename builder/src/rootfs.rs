@@ -331,9 +331,7 @@ fn stage_rootfs_files(plan: &Plan, cache: &Path) -> anyhow::Result<Option<PathBu
     let Some(files) = board.rootfs_files.get(&plan.req.distro.family).filter(|f| !f.is_empty()) else {
         return Ok(None);
     };
-    let mut hb = handlebars::Handlebars::new();
-    hb.set_strict_mode(true);
-    hb.register_escape_fn(handlebars::no_escape);
+    let hb = crate::customize::template_engine();
     let ctx = serde_json::json!({
         "board": board.name,
         "root_label": board.partitions.root.label,
@@ -464,7 +462,11 @@ mod tests {
         assert!(essential_hooks(Family::Ubuntu).join("\n").contains("/usr/sbin/depmod"));
 
         let late = final_hooks(Family::Debian, Some(Path::new("/c/rootfs-files/x")));
-        let at = |needle: &str| late.iter().position(|h| h.contains(needle)).unwrap_or_else(|| panic!("no {needle} in {late:?}"));
+        let at = |needle: &str| {
+            late.iter()
+                .position(|h| h.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle} in {late:?}"))
+        };
         // The board's files (raspi-firmware's inputs) are in place before the
         // one initramfs run whose hooks read them; depmod before mkinitramfs.
         assert!(at("sync-in /c/rootfs-files/x /") < at("update-initramfs -c -k all"));
