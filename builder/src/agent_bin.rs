@@ -84,7 +84,7 @@ pub fn agent_binary(
     if Some(arch) != Arch::host() {
         let way = cross::detect_with(arch.deb(), runner);
         let task = progress.task(&format!("agent: {} for {}", way, arch.rust_target()));
-        let path = cross::build_agent_with_mirror(arch.deb(), &root, cache, debian_mirror, runner)
+        let path = cross::build_agent_with_mirror(arch.deb(), way, &root, cache, debian_mirror, runner)
             .with_context(|| format!("cross-building piha-agent for {arch} ({way})"))?;
         task.finish();
         return load(&path, arch, &format!("cross build: {way}"));

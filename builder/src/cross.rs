@@ -161,20 +161,21 @@ fn container_engine(runner: &dyn Runner) -> String {
 /// Builds (or finds in the cache) the `piha-agent` binary for `arch` from the
 /// checkout at `workspace`; returns its path under `cache_dir`.
 pub fn build_agent(arch: &str, workspace: &Path, cache_dir: &Path, runner: &dyn Runner) -> anyhow::Result<PathBuf> {
-    build_agent_with_mirror(arch, workspace, cache_dir, None, runner)
+    build_agent_with_mirror(arch, detect_with(arch, runner), workspace, cache_dir, None, runner)
 }
 
-/// [`build_agent`], with the Debian mirror the trixie build root (if that is
-/// the way) is made from; `None`: the host's apt configuration's.
+/// [`build_agent`] along `way` (from [`detect_with`]), with the Debian mirror
+/// the trixie build root (if that is the way) is made from; `None`: the
+/// host's apt configuration's.
 pub fn build_agent_with_mirror(
     arch: &str,
+    way: AgentBuildPath,
     workspace: &Path,
     cache_dir: &Path,
     debian_mirror: Option<&str>,
     runner: &dyn Runner,
 ) -> anyhow::Result<PathBuf> {
     let t = target(arch)?;
-    let way = detect_with(arch, runner);
     let files = sources::list(workspace)?;
     let hash = sources::hash(workspace, &files)?;
     // The key also covers how the binary is built, so changing that rebuilds it.
