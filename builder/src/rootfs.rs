@@ -62,9 +62,9 @@ const DPKG_EXCLUDES: &[&str] = &[
 pub const INITRAMFS_MODULES_FILE: &str = "usr/share/initramfs-tools/modules.d/piha-board.conf";
 pub const INITRAMFS_CONF_FILE: &str = "etc/initramfs-tools/conf.d/piha.conf";
 
-/// The admin user every image has.
-pub const ADMIN_USER: &str = "piha";
-pub const ADMIN_UID: u64 = 1000;
+/// The admin user every image has: the one the node's files are rendered for.
+pub use piha_config::render::ADMIN_USER;
+pub const ADMIN_UID: u64 = piha_config::render::ADMIN_UID as u64;
 
 /// The result of stage 1.
 #[derive(Debug, Clone, Serialize)]

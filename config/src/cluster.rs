@@ -71,7 +71,7 @@ pub enum Runtime {
 
 impl Runtime {
     /// The CRI socket kubeadm talks to.
-    pub fn cri_socket(self) -> &'static str {
+    pub(crate) fn cri_socket(self) -> &'static str {
         match self {
             Runtime::Crio => "unix:///var/run/crio/crio.sock",
             Runtime::Containerd => "unix:///var/run/containerd/containerd.sock",
@@ -237,7 +237,7 @@ impl ClusterFile {
 
     /// The control plane that runs `kubeadm init`: the one marked `init`, else
     /// the first control plane listed. Only meaningful once validated.
-    pub fn init_node(&self) -> Option<&Node> {
+    pub(crate) fn init_node(&self) -> Option<&Node> {
         self.nodes
             .iter()
             .find(|n| n.init && n.role == Role::ControlPlane)
@@ -253,7 +253,7 @@ impl ClusterFile {
     }
 
     /// The node subnet: every node IP and the VIP lie in it.
-    pub fn node_subnet(&self) -> Option<Ipv4Net> {
+    pub(crate) fn node_subnet(&self) -> Option<Ipv4Net> {
         let first = self.nodes.first()?;
         Ipv4Net::new(first.ip, self.network.prefix).ok().map(|n| n.trunc())
     }

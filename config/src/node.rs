@@ -11,7 +11,7 @@ use crate::k8s::Version;
 use crate::problem::{Problem, Problems};
 
 /// Bumped when a change would make an older agent misread the file.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 /// The file name on PIHA-CFG.
 pub const NODE_FILE: &str = "node.yaml";
@@ -155,11 +155,11 @@ impl NodeConfig {
     }
 
     /// The control planes, in cluster-file order (the director's real servers).
-    pub fn control_planes(&self) -> impl Iterator<Item = &Peer> {
+    pub(crate) fn control_planes(&self) -> impl Iterator<Item = &Peer> {
         self.peers.iter().filter(|p| p.role == Role::ControlPlane)
     }
 
-    pub fn directors(&self) -> impl Iterator<Item = &Peer> {
+    pub(crate) fn directors(&self) -> impl Iterator<Item = &Peer> {
         self.peers.iter().filter(|p| p.role == Role::Director)
     }
 }

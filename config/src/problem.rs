@@ -23,7 +23,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn error(file: impl Into<PathBuf>, path: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub(crate) fn error(file: impl Into<PathBuf>, path: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Self {
         Problem {
             severity: Severity::Error,
             file: file.into(),
@@ -33,7 +33,7 @@ impl Problem {
         }
     }
 
-    pub fn warning(file: impl Into<PathBuf>, path: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub(crate) fn warning(file: impl Into<PathBuf>, path: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Self {
         Problem {
             severity: Severity::Warning,
             file: file.into(),

@@ -11,7 +11,8 @@
 //! (the card is the source of truth on the node, not the image).
 //!
 //! The template is upstream's manifest (its header names the source and
-//! version); bump [`FLANNEL_VERSION`] and the images together with it.
+//! version); bump the images together with it. A test checks that the
+//! template's header, its source URL and [`FLANNEL_IMAGE`] name one version.
 
 use serde::Serialize;
 
@@ -27,14 +28,12 @@ pub const CNI_DIR: &str = "/etc/piha/cni";
 /// The rendered Flannel manifest, in [`CNI_DIR`].
 pub const FLANNEL_MANIFEST: &str = "/etc/piha/cni/10-flannel.yaml";
 
-/// The upstream Flannel release the template is taken from.
-pub const FLANNEL_VERSION: &str = "v0.27.4";
 /// flanneld (also used by the init container that installs the CNI config).
 /// The registry upstream's v0.27 manifests name (the same image is also on
 /// Docker Hub, whose anonymous pull limit a cluster behind one address hits easily).
-pub const FLANNEL_IMAGE: &str = "ghcr.io/flannel-io/flannel:v0.27.4";
+pub(crate) const FLANNEL_IMAGE: &str = "ghcr.io/flannel-io/flannel:v0.27.4";
 /// The `flannel` CNI plugin binary, copied to /opt/cni/bin by an init container.
-pub const FLANNEL_CNI_PLUGIN_IMAGE: &str = "ghcr.io/flannel-io/flannel-cni-plugin:v1.8.0-flannel1";
+pub(crate) const FLANNEL_CNI_PLUGIN_IMAGE: &str = "ghcr.io/flannel-io/flannel-cni-plugin:v1.8.0-flannel1";
 
 #[derive(Serialize)]
 struct Data {
@@ -47,7 +46,7 @@ struct Data {
 /// The Flannel manifest (several YAML documents) on the init control plane;
 /// `None` on every other node: the manifest is applied once, cluster-wide, and
 /// its DaemonSet then runs on every node that joins.
-pub fn flannel(cfg: &NodeConfig) -> Result<Option<String>, RenderError> {
+pub(crate) fn flannel(cfg: &NodeConfig) -> Result<Option<String>, RenderError> {
     if cfg.node.role != Role::ControlPlane || !cfg.node.init {
         return Ok(None);
     }
@@ -72,7 +71,10 @@ mod tests {
     use crate::render::testing::{cluster, node, secrets};
     use crate::render::{node_files, role_files};
 
-    use super::{CNI_DIR, FLANNEL_CNI_PLUGIN_IMAGE, FLANNEL_IMAGE, FLANNEL_MANIFEST, FLANNEL_VERSION, flannel};
+    use super::{CNI_DIR, FLANNEL_CNI_PLUGIN_IMAGE, FLANNEL_IMAGE, FLANNEL_MANIFEST, flannel};
+
+    /// The upstream Flannel release the template is taken from.
+    const FLANNEL_VERSION: &str = "v0.27.4";
 
     const EXAMPLES: [(&str, &str); 2] = [
         ("examples/homelab.yaml", include_str!("../../../examples/homelab.yaml")),

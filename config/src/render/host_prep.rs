@@ -12,7 +12,7 @@ use super::header;
 /// Kubernetes nodes: overlayfs for container images, br_netfilter so bridged
 /// pod traffic passes iptables/nftables, conntrack for kube-proxy, and the IPVS
 /// modules (DESIGN.md host-prep; kube-proxy itself does not run in IPVS mode).
-pub const KUBERNETES_MODULES: [&str; 7] = [
+pub(crate) const KUBERNETES_MODULES: [&str; 7] = [
     "overlay",
     "br_netfilter",
     "ip_vs",
@@ -23,11 +23,11 @@ pub const KUBERNETES_MODULES: [&str; 7] = [
 ];
 
 /// Directors run LVS only: IPVS with the schedulers keepalived may use, and conntrack.
-pub const DIRECTOR_MODULES: [&str; 5] = ["ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "nf_conntrack"];
+pub(crate) const DIRECTOR_MODULES: [&str; 5] = ["ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "nf_conntrack"];
 
 /// The sysctls kubeadm's preflight checks require
 /// (<https://kubernetes.io/docs/setup/production-environment/container-runtimes/#prerequisite-ipv4-forwarding-optional>).
-pub const KUBERNETES_SYSCTLS: [(&str, &str); 3] = [
+pub(crate) const KUBERNETES_SYSCTLS: [(&str, &str); 3] = [
     ("net.bridge.bridge-nf-call-iptables", "1"),
     ("net.bridge.bridge-nf-call-ip6tables", "1"),
     ("net.ipv4.ip_forward", "1"),
@@ -42,7 +42,7 @@ pub fn modules(cfg: &NodeConfig) -> &'static [&'static str] {
 }
 
 /// The sysctls this node sets (none on directors: LVS-DR needs no forwarding).
-pub fn sysctls(cfg: &NodeConfig) -> &'static [(&'static str, &'static str)] {
+pub(crate) fn sysctls(cfg: &NodeConfig) -> &'static [(&'static str, &'static str)] {
     match cfg.node.role {
         Role::ControlPlane | Role::Worker => &KUBERNETES_SYSCTLS,
         Role::Director => &[],
@@ -50,7 +50,7 @@ pub fn sysctls(cfg: &NodeConfig) -> &'static [(&'static str, &'static str)] {
 }
 
 /// `/etc/modules-load.d/piha-k8s.conf`: one module per line.
-pub fn modules_load(cfg: &NodeConfig) -> String {
+pub(crate) fn modules_load(cfg: &NodeConfig) -> String {
     let mut text = header("#", cfg);
     for m in modules(cfg) {
         text.push_str(m);
@@ -60,7 +60,7 @@ pub fn modules_load(cfg: &NodeConfig) -> String {
 }
 
 /// `/etc/sysctl.d/90-piha-k8s.conf`, or `None` when the node sets no sysctls.
-pub fn sysctl(cfg: &NodeConfig) -> Option<String> {
+pub(crate) fn sysctl(cfg: &NodeConfig) -> Option<String> {
     let sysctls = sysctls(cfg);
     if sysctls.is_empty() {
         return None;

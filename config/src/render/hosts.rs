@@ -12,12 +12,12 @@ use super::template::{self, HOSTS};
 use super::{RenderError, header};
 
 /// `/etc/hostname`: the node name and a newline.
-pub fn hostname(cfg: &NodeConfig) -> String {
+pub(crate) fn hostname(cfg: &NodeConfig) -> String {
     format!("{}\n", cfg.node.name)
 }
 
 /// The name /etc/hosts gives the VIP: `<cluster>-api`.
-pub fn api_name(cfg: &NodeConfig) -> String {
+pub(crate) fn api_name(cfg: &NodeConfig) -> String {
     format!("{}-api", cfg.cluster.name)
 }
 
@@ -37,7 +37,7 @@ struct HostLine {
 
 /// `/etc/hosts`: localhost, the VIP as `<cluster>-api`, and every node
 /// (`name.domain name` when the cluster has a search domain).
-pub fn etc_hosts(cfg: &NodeConfig) -> Result<String, RenderError> {
+pub(crate) fn etc_hosts(cfg: &NodeConfig) -> Result<String, RenderError> {
     let names = |short: &str| match &cfg.node.domain {
         Some(domain) => format!("{short}.{domain} {short}"),
         None => short.to_string(),

@@ -20,7 +20,7 @@ use super::{RenderError, check_word, header};
 /// is keepalived's own default and the name on Raspberry Pi OS/Ubuntu. Set
 /// `interface:` on director nodes whose NIC is named otherwise, or let the
 /// agent pass the NIC it found to [`config_on`].
-pub const DEFAULT_INTERFACE: &str = "eth0";
+pub(crate) const DEFAULT_INTERFACE: &str = "eth0";
 
 /// The interface keepalived's VRRP instance and the VIP use: the node's
 /// `interface`, else the name netplan gives a MAC-matched NIC, else
@@ -34,9 +34,9 @@ pub fn vrrp_interface(cfg: &NodeConfig) -> String {
 }
 
 /// VRRP priority of the MASTER (the first director in cluster-file order).
-pub const MASTER_PRIORITY: u8 = 150;
+pub(crate) const MASTER_PRIORITY: u8 = 150;
 /// VRRP priority of the BACKUP.
-pub const BACKUP_PRIORITY: u8 = 100;
+pub(crate) const BACKUP_PRIORITY: u8 = 100;
 
 #[derive(Serialize)]
 struct Data {

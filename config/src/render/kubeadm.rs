@@ -159,14 +159,6 @@ impl ExtraArgs {
             ),
         }
     }
-
-    /// The value of argument `name`, in either form.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        match self {
-            ExtraArgs::List(list) => list.iter().find(|a| a.name == name).map(|a| a.value.as_str()),
-            ExtraArgs::Map(map) => map.get(name).map(String::as_str),
-        }
-    }
 }
 
 /// Where this node's API server listens and what it advertises.
@@ -297,7 +289,7 @@ impl Document {
 }
 
 /// `VIP:port`: kubeadm's controlPlaneEndpoint and every join's API endpoint.
-pub fn endpoint(cfg: &NodeConfig) -> String {
+pub(crate) fn endpoint(cfg: &NodeConfig) -> String {
     format!("{}:{}", cfg.cluster.vip, cfg.cluster.api_port)
 }
 
@@ -429,7 +421,7 @@ fn cluster_configuration(cfg: &NodeConfig, version: Version) -> ClusterConfigura
 /// The API server certificate's extra names: the VIP and its /etc/hosts name,
 /// then every control plane's name and IP (kubeadm adds the node's own, the
 /// service IP and `kubernetes.default…` itself).
-pub fn cert_sans(cfg: &NodeConfig) -> Vec<String> {
+pub(crate) fn cert_sans(cfg: &NodeConfig) -> Vec<String> {
     let with_domain = |short: String| -> Vec<String> {
         match &cfg.node.domain {
             Some(domain) => vec![format!("{short}.{domain}"), short],

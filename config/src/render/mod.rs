@@ -8,15 +8,15 @@
 
 pub mod cni;
 pub mod host_prep;
-pub mod hosts;
+pub(crate) mod hosts;
 pub mod keepalived;
 pub mod kubeadm;
 pub mod network;
-pub mod realserver;
-pub mod runtime;
-pub mod ssh;
-pub mod template;
-pub mod timesync;
+pub(crate) mod realserver;
+pub(crate) mod runtime;
+pub(crate) mod ssh;
+pub(crate) mod template;
+pub(crate) mod timesync;
 
 use crate::cluster::Role;
 use crate::k8s::VersionError;
@@ -40,15 +40,15 @@ pub const MODULES_FILE: &str = "/etc/modules-load.d/piha-k8s.conf";
 pub const SYSCTL_FILE: &str = "/etc/sysctl.d/90-piha-k8s.conf";
 pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 /// A drop-in: CRI-O merges `crio.conf.d/*.conf` over its packaged defaults.
-pub const CRIO_CONFIG: &str = "/etc/crio/crio.conf.d/10-piha.conf";
+pub(crate) const CRIO_CONFIG: &str = "/etc/crio/crio.conf.d/10-piha.conf";
 pub const CHRONY_SOURCES: &str = "/etc/chrony/sources.d/piha.sources";
 pub const AUTHORIZED_KEYS: &str = "/home/piha/.ssh/authorized_keys";
 
 /// The admin user the image creates (no password; SSH keys only).
 pub const ADMIN_USER: &str = "piha";
-pub const ADMIN_HOME: &str = "/home/piha";
+pub(crate) const ADMIN_HOME: &str = "/home/piha";
 pub const ADMIN_UID: u32 = 1000;
-pub const ADMIN_GID: u32 = 1000;
+pub(crate) const ADMIN_GID: u32 = 1000;
 
 /// The bootstrap token and discovery hash from the card's `secrets/`. Control
 /// planes and workers need them; directors have none.
@@ -225,7 +225,7 @@ pub(crate) mod testing {
 
     use super::JoinSecrets;
 
-    pub const CLUSTER: &str = r#"
+    pub(crate) const CLUSTER: &str = r#"
 name: lab
 distro: debian-bookworm
 kubernetes: {version: "1.34.1", runtime: containerd, key_algorithm: ecdsa-p256}
@@ -240,15 +240,15 @@ nodes:
   - {name: w1, board: rpi4, role: worker, ip: 10.1.0.21, mac: "dc:a6:32:00:00:21"}
 "#;
 
-    pub fn cluster() -> ClusterFile {
+    pub(crate) fn cluster() -> ClusterFile {
         ClusterFile::parse(std::path::Path::new("lab.yaml"), CLUSTER).expect("test cluster parses")
     }
 
-    pub fn node(name: &str, renderer: NetworkRenderer) -> NodeConfig {
+    pub(crate) fn node(name: &str, renderer: NetworkRenderer) -> NodeConfig {
         NodeConfig::for_node(&cluster(), name, renderer).expect("node exists")
     }
 
-    pub fn secrets() -> JoinSecrets {
+    pub(crate) fn secrets() -> JoinSecrets {
         JoinSecrets {
             token: "abcdef.0123456789abcdef".to_string(),
             ca_cert_hash: format!("sha256:{}", "0a".repeat(32)),

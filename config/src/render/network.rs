@@ -16,17 +16,17 @@ use super::template::{self, NETWORKD};
 use super::{NETPLAN_FILE, NETWORKD_FILE, RenderError, RenderedFile, check_word, header};
 
 /// networkd's match when the cluster file names neither interface nor MAC.
-pub const DEFAULT_NAME_MATCH: &str = "en* eth*";
+pub(crate) const DEFAULT_NAME_MATCH: &str = "en* eth*";
 /// netplan's equivalent: one glob, `en*` and `eth*` (not `erspan0` & co.).
-pub const DEFAULT_NETPLAN_NAME_MATCH: &str = "e[nt]*";
+pub(crate) const DEFAULT_NETPLAN_NAME_MATCH: &str = "e[nt]*";
 /// netplan renames a MAC-matched NIC to this, so it has a name known in
 /// advance (keepalived's VRRP interface on a director).
-pub const MAC_MATCHED_NAME: &str = "piha0";
+pub(crate) const MAC_MATCHED_NAME: &str = "piha0";
 /// netplan's id for a NIC matched by the default glob.
 const GLOB_MATCH_ID: &str = "piha-lan";
 
 /// The network file(s) for this node.
-pub fn files(cfg: &NodeConfig) -> Result<Vec<RenderedFile>, RenderError> {
+pub(crate) fn files(cfg: &NodeConfig) -> Result<Vec<RenderedFile>, RenderError> {
     check_fields(cfg)?;
     Ok(match cfg.cluster.network_renderer {
         NetworkRenderer::Networkd => vec![RenderedFile::new(NETWORKD_FILE, 0o644, networkd(cfg)?)],
@@ -59,7 +59,7 @@ struct NetworkdData<'a> {
 }
 
 /// `/etc/systemd/network/10-piha.network`.
-pub fn networkd(cfg: &NodeConfig) -> Result<String, RenderError> {
+pub(crate) fn networkd(cfg: &NodeConfig) -> Result<String, RenderError> {
     check_fields(cfg)?;
     let n = &cfg.node;
     let match_line = match (&n.mac, &n.interface) {
@@ -133,7 +133,7 @@ pub struct Nameservers {
 }
 
 /// The typed netplan document for this node.
-pub fn netplan_doc(cfg: &NodeConfig) -> Netplan {
+pub(crate) fn netplan_doc(cfg: &NodeConfig) -> Netplan {
     let n = &cfg.node;
     // The id is the interface name when matching by name (netplan's simplest
     // form); a MAC match renames the NIC to a name known in advance.
@@ -181,7 +181,7 @@ pub fn netplan_doc(cfg: &NodeConfig) -> Netplan {
 }
 
 /// `/etc/netplan/10-piha.yaml`.
-pub fn netplan(cfg: &NodeConfig) -> Result<String, RenderError> {
+pub(crate) fn netplan(cfg: &NodeConfig) -> Result<String, RenderError> {
     check_fields(cfg)?;
     let body = yaml_serde::to_string(&netplan_doc(cfg)).map_err(|error| RenderError::Yaml {
         what: "the netplan file",

@@ -9,7 +9,7 @@ use crate::node::NodeConfig;
 
 /// `VIP=<vip>\n` on control planes; `None` elsewhere (workers never get the VIP,
 /// directors own it on their NIC through keepalived).
-pub fn vip_env(cfg: &NodeConfig) -> Option<String> {
+pub(crate) fn vip_env(cfg: &NodeConfig) -> Option<String> {
     (cfg.node.role == Role::ControlPlane).then(|| format!("VIP={}\n", cfg.cluster.vip))
 }
 

@@ -15,17 +15,17 @@ struct Data {
 }
 
 /// containerd's `/etc/containerd/config.toml`.
-pub fn containerd(cfg: &NodeConfig) -> Result<String, RenderError> {
+pub(crate) fn containerd(cfg: &NodeConfig) -> Result<String, RenderError> {
     template::render(CONTAINERD, &Data { header: header("#", cfg) })
 }
 
 /// CRI-O's drop-in `/etc/crio/crio.conf.d/10-piha.conf`.
-pub fn crio(cfg: &NodeConfig) -> Result<String, RenderError> {
+pub(crate) fn crio(cfg: &NodeConfig) -> Result<String, RenderError> {
     template::render(CRIO, &Data { header: header("#", cfg) })
 }
 
 /// The runtime's file for this node, or `None` on a director (no runtime).
-pub fn file(cfg: &NodeConfig) -> Result<Option<RenderedFile>, RenderError> {
+pub(crate) fn file(cfg: &NodeConfig) -> Result<Option<RenderedFile>, RenderError> {
     if cfg.node.role == Role::Director {
         return Ok(None);
     }

@@ -8,7 +8,7 @@ use super::header;
 
 /// One key per line, after a header. Keys that span lines are cut at the first
 /// line break: a key is one line, and a second line would be a second key.
-pub fn authorized_keys(cfg: &NodeConfig) -> String {
+pub(crate) fn authorized_keys(cfg: &NodeConfig) -> String {
     let mut text = header("#", cfg);
     for key in &cfg.ssh_authorized_keys {
         let line = key.lines().next().unwrap_or_default().trim();

@@ -22,20 +22,21 @@ macro_rules! template {
     };
 }
 
-pub const KEEPALIVED: Template = template!("keepalived.conf.hbs");
-pub const NETWORKD: Template = template!("10-piha.network.hbs");
-pub const HOSTS: Template = template!("hosts.hbs");
-pub const CONTAINERD: Template = template!("containerd-config.toml.hbs");
-pub const CRIO: Template = template!("crio-10-piha.conf.hbs");
-pub const CHRONY: Template = template!("chrony-piha.sources.hbs");
-pub const FLANNEL: Template = template!("cni-flannel.yaml.hbs");
+pub(crate) const KEEPALIVED: Template = template!("keepalived.conf.hbs");
+pub(crate) const NETWORKD: Template = template!("10-piha.network.hbs");
+pub(crate) const HOSTS: Template = template!("hosts.hbs");
+pub(crate) const CONTAINERD: Template = template!("containerd-config.toml.hbs");
+pub(crate) const CRIO: Template = template!("crio-10-piha.conf.hbs");
+pub(crate) const CHRONY: Template = template!("chrony-piha.sources.hbs");
+pub(crate) const FLANNEL: Template = template!("cni-flannel.yaml.hbs");
 
 /// Every template, for the test that each one compiles.
-pub const ALL: [Template; 7] = [KEEPALIVED, NETWORKD, HOSTS, CONTAINERD, CRIO, CHRONY, FLANNEL];
+#[cfg(test)]
+const ALL: [Template; 7] = [KEEPALIVED, NETWORKD, HOSTS, CONTAINERD, CRIO, CHRONY, FLANNEL];
 
 /// Renders `template` with `data`. Strict mode: a name missing from `data` is
 /// an error, never an empty string; no HTML escaping (these are config files).
-pub fn render<T: Serialize>(template: Template, data: &T) -> Result<String, RenderError> {
+pub(crate) fn render<T: Serialize>(template: Template, data: &T) -> Result<String, RenderError> {
     let mut hb = Handlebars::new();
     hb.set_strict_mode(true);
     hb.register_escape_fn(handlebars::no_escape);

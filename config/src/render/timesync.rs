@@ -19,7 +19,7 @@ struct Data<'a> {
 
 /// `/etc/chrony/sources.d/piha.sources` (`server X iburst` per NTP entry), or
 /// `None` when the cluster file names no NTP server (the distro's pool stays).
-pub fn chrony_sources(cfg: &NodeConfig) -> Result<Option<String>, RenderError> {
+pub(crate) fn chrony_sources(cfg: &NodeConfig) -> Result<Option<String>, RenderError> {
     if cfg.node.ntp.is_empty() {
         return Ok(None);
     }
