@@ -346,7 +346,7 @@ fn cli_flashes_a_loop_device_stamps_it_and_records_it() {
     // `piha stamp` alone still re-personalises the flashed card.
     drop(card);
     let card = Loop::attach(&backing);
-    ok(&lab.piha(&["stamp", "--node", "w1", card.dev.to_str().unwrap()]));
+    ok(&lab.piha(&["stamp", "--node", "w1", "--allow-non-removable", card.dev.to_str().unwrap()]));
     assert!(node_yaml_at(&card.dev, CFG_START).contains("w1"));
 }
 

@@ -291,7 +291,7 @@ fn cross_check_with_sfdisk(img: &Path, gpt: bool) {
     let theirs = sfdisk_dump(&SystemRunner, img).unwrap();
     let ours = read_table(&mut fs::File::open(img).unwrap(), 512).unwrap();
     assert_eq!(theirs.label, if gpt { "gpt" } else { "dos" });
-    assert_eq!(ours.kind, if gpt { TableKind::Gpt } else { TableKind::Mbr });
+    assert_eq!(ours.kind, Some(if gpt { TableKind::Gpt } else { TableKind::Mbr }));
     assert_eq!(theirs.partitions.len(), ours.partitions.len());
     for (t, o) in theirs.partitions.iter().zip(&ours.partitions) {
         assert_eq!(t.start * 512, o.start, "{}", t.node);

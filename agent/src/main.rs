@@ -6,7 +6,6 @@
 
 mod agent;
 mod api_wait;
-mod atomic;
 mod cli;
 mod config_partition;
 mod cpu;

@@ -13,7 +13,7 @@ use crate::secrets_dir::{self, Outcome, Secrets};
 use crate::validate;
 
 /// The example written by `piha init` when the cluster file does not exist yet.
-pub const EXAMPLE: &str = include_str!("../../examples/homelab.yaml");
+pub const EXAMPLE: &str = include_str!("../../../examples/homelab.yaml");
 
 pub fn run(opts: &InitOpts) -> anyhow::Result<()> {
     let path = &opts.cluster.cluster;
