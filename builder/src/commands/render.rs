@@ -22,7 +22,7 @@ pub fn run(opts: &RenderOpts) -> anyhow::Result<()> {
     let cluster_path = &opts.cluster.cluster;
     let cluster = validate::load_cluster(cluster_path)?;
     let cfg = card::node_config(&cluster, cluster_path, &opts.node, &cluster.distro)?;
-    // Directors get no secrets (DESIGN.md); everyone else needs the token and hash.
+    // Directors get no secrets; everyone else needs the token and hash.
     let secrets = match cfg.node.role {
         Role::Director => None,
         Role::ControlPlane | Role::Worker => {
