@@ -267,13 +267,13 @@ fn kubeadm_configs_ask_for_the_right_things() {
                 kubeadm::documents(&cfg, Some(&fake_secrets())).expect("renders"),
                 "{cluster_name}/{name} round trip"
             );
-            let Some(Document::Kubelet(kubelet)) = docs.iter().find(|d| d.kind() == "KubeletConfiguration") else {
+            let Some(Document::Kubelet(kubelet)) = docs.iter().find(|d| d.kind().as_str() == "KubeletConfiguration") else {
                 panic!("{cluster_name}/{name}: no KubeletConfiguration")
             };
             assert_eq!(kubelet.cgroup_driver, "systemd");
         }
         let docs = kubeadm::parse(kubeadm_text(&init)).expect("parses");
-        let kinds: Vec<&str> = docs.iter().map(Document::kind).collect();
+        let kinds: Vec<&str> = docs.iter().map(|d| d.kind().as_str()).collect();
         assert_eq!(
             kinds,
             [
@@ -287,7 +287,7 @@ fn kubeadm_configs_ask_for_the_right_things() {
             panic!("document order")
         };
         assert_eq!(i.bootstrap_tokens[0].token, FAKE_TOKEN);
-        assert_eq!(i.api_version, "kubeadm.k8s.io/v1beta4");
+        assert_eq!(i.api_version.as_str(), "kubeadm.k8s.io/v1beta4");
         assert_eq!(c.control_plane_endpoint, format!("{}:{}", cluster.api.vip, cluster.api.port));
         assert!(c.api_server.cert_sans.contains(&cluster.api.vip.to_string()));
         assert_eq!(p.mode, cluster.kubernetes.proxy_mode.as_str());
@@ -320,7 +320,7 @@ fn files_of(files: &[RenderedFile]) -> BTreeSet<&str> {
 #[test]
 fn kubernetes_1_30_gets_kubeadm_v1beta3() {
     let mut cluster = load("qemu-lab");
-    cluster.kubernetes.version = "1.30.14".to_string();
+    cluster.kubernetes.version = "1.30.14".parse().expect("supported version");
     // nftables mode is alpha before 1.31; the renderer refuses it (checked in the unit tests).
     cluster.kubernetes.proxy_mode = ProxyMode::Iptables;
     for node in ["cp1", "cp2", "w1"] {

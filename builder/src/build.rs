@@ -294,7 +294,7 @@ pub fn build(opts: &BuildOpts, runner: &dyn Runner, progress: &Progress) -> anyh
         distro: distro.name.clone(),
         arch: info.arch.clone(),
         profile: info.profile.clone(),
-        kubernetes_version: plan.req.cluster.kubernetes.version.clone(),
+        kubernetes_version: plan.req.cluster.kubernetes.version.to_string(),
         runtime: plan.req.cluster.kubernetes.runtime.as_str().to_string(),
         input_hash: input_hash.clone(),
         rootfs_key: rootfs.key.clone(),

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use piha_config::cluster::{ClusterFile, Runtime};
-use piha_config::k8s::Version;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -113,8 +112,7 @@ impl Plan {
         let d = &req.distro;
         let df = req.distro_file.display().to_string();
         let arch = req.board.arch;
-        let version =
-            Version::parse_any(&req.cluster.kubernetes.version).with_context(|| format!("{}: kubernetes.version", req.cluster_label))?;
+        let version = req.cluster.kubernetes.version;
         let k8s_minor = format!("{}.{}", version.major, version.minor);
         let kernel = req.board.packages_for(d.family, &req.board_file)?.to_vec();
 

@@ -9,6 +9,7 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::k8s::{self, Version};
 use crate::problem::{Problem, Problems};
 
 /// The cluster file as written by the user (`cluster.yaml`).
@@ -37,7 +38,7 @@ fn default_distro() -> String {
 #[serde(deny_unknown_fields)]
 pub struct Kubernetes {
     /// Full Kubernetes version, e.g. `1.34.1`; pins the pkgs.k8s.io minor repo.
-    pub version: String,
+    pub version: Version,
     /// Container runtime: `crio` or `containerd`.
     pub runtime: Runtime,
     #[serde(default = "default_pod_subnet")]
@@ -223,8 +224,14 @@ impl ClusterFile {
 
     /// Reads and parses a cluster file.
     pub fn load(file: &Path) -> Result<ClusterFile, Problems> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| Problems(vec![Problem::error(file, "", format!("cannot read: {e}"), "check the path given with --cluster")]))?;
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Problems(vec![Problem::error(
+                file,
+                "",
+                format!("cannot read: {e}"),
+                "check the path given with --cluster",
+            )])
+        })?;
         Self::parse(file, &text)
     }
 
@@ -280,6 +287,8 @@ fn yaml_error_fix(e: &yaml_serde::Error) -> String {
         "write a dotted-quad IPv4 address such as 192.168.50.11".to_string()
     } else if text.contains("IP address syntax") {
         "write an IPv4 network in CIDR form such as 10.244.0.0/16".to_string()
+    } else if text.contains("is not a Kubernetes version") {
+        k8s::version_fix()
     } else if text.contains("duplicate field") {
         "keep only one of the two entries".to_string()
     } else {

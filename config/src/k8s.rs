@@ -4,20 +4,33 @@
 //! pkgs.k8s.io repository (`https://pkgs.k8s.io/core:/stable:/v1.34/deb/`) and
 //! decides the kubeadm configuration API: `kubeadm.k8s.io/v1beta4` from 1.31 on,
 //! `v1beta3` below (<https://kubernetes.io/docs/reference/config-api/kubeadm-config.v1beta4/>).
+//!
+//! The cluster file and node.yaml carry the version as a [`Version`]: its
+//! syntax is checked once, when the file is parsed; whether piha supports it is
+//! a validation rule, so that one bad file reports every problem at once.
 
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 /// Minor versions of Kubernetes 1.x that piha supports. 1.28 is the oldest
 /// minor still published on pkgs.k8s.io when piha was written; the upper bound
 /// leaves room for releases that do not exist yet but keep v1beta4.
-pub const SUPPORTED_MINORS: RangeInclusive<u32> = 28..=37;
+pub(crate) const SUPPORTED_MINORS: RangeInclusive<u32> = 28..=37;
 
 /// The first minor whose kubeadm understands `kubeadm.k8s.io/v1beta4`.
 const V1BETA4_SINCE_MINOR: u32 = 31;
 
-/// A parsed Kubernetes version, e.g. `1.34.1`.
+/// The first minor whose kube-proxy nftables mode is beta (on by default);
+/// below it, nftables is an alpha feature gate piha does not turn on
+/// (<https://kubernetes.io/docs/reference/networking/virtual-ips/#proxy-mode-nftables>).
+pub(crate) const NFTABLES_SINCE_MINOR: u32 = 31;
+
+/// A Kubernetes version, e.g. `1.34.1`. In YAML it is the string `"1.34.1"`
+/// (a leading `v` is accepted and dropped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version {
     pub major: u32,
@@ -34,16 +47,27 @@ pub enum VersionError {
     Unsupported { version: String },
 }
 
-/// The kubeadm configuration API version to generate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What to do about a [`VersionError`], in the words of a cluster file.
+pub(crate) fn version_fix() -> String {
+    format!(
+        "use a released version from 1.{} to 1.{}, quoted, e.g. \"1.34.1\"",
+        SUPPORTED_MINORS.start(),
+        SUPPORTED_MINORS.end()
+    )
+}
+
+/// The kubeadm configuration API version to generate: the `apiVersion:` of
+/// kubeadm's InitConfiguration, ClusterConfiguration and JoinConfiguration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KubeadmApi {
+    #[serde(rename = "kubeadm.k8s.io/v1beta3")]
     V1beta3,
+    #[serde(rename = "kubeadm.k8s.io/v1beta4")]
     V1beta4,
 }
 
 impl KubeadmApi {
-    /// The `apiVersion:` of kubeadm's InitConfiguration/ClusterConfiguration/JoinConfiguration.
-    pub fn api_version(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             KubeadmApi::V1beta3 => "kubeadm.k8s.io/v1beta3",
             KubeadmApi::V1beta4 => "kubeadm.k8s.io/v1beta4",
@@ -51,9 +75,15 @@ impl KubeadmApi {
     }
 }
 
+impl fmt::Display for KubeadmApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Version {
-    /// Parses `X.Y.Z` or `vX.Y.Z` without checking support (see [`parse`]).
-    pub fn parse_any(text: &str) -> Result<Version, VersionError> {
+    /// Parses `X.Y.Z` or `vX.Y.Z` without checking support (see [`Version::supported`]).
+    pub(crate) fn parse_any(text: &str) -> Result<Version, VersionError> {
         let syntax = || VersionError::Syntax(text.to_string());
         let bare = text.strip_prefix('v').unwrap_or(text);
         let mut parts = bare.split('.');
@@ -77,11 +107,20 @@ impl Version {
     }
 
     /// True if piha can install and configure this version.
-    pub fn is_supported(self) -> bool {
+    pub(crate) fn is_supported(self) -> bool {
         self.major == 1 && SUPPORTED_MINORS.contains(&self.minor)
     }
 
-    pub fn kubeadm_api(self) -> KubeadmApi {
+    /// This version, or why piha cannot install it.
+    pub(crate) fn supported(self) -> Result<Version, VersionError> {
+        if self.is_supported() {
+            Ok(self)
+        } else {
+            Err(VersionError::Unsupported { version: self.to_string() })
+        }
+    }
+
+    pub(crate) fn kubeadm_api(self) -> KubeadmApi {
         if self.major > 1 || self.minor >= V1BETA4_SINCE_MINOR {
             KubeadmApi::V1beta4
         } else {
@@ -89,9 +128,9 @@ impl Version {
         }
     }
 
-    /// `v1.34`: the pkgs.k8s.io repository path component for this minor.
-    pub fn repo_minor(self) -> String {
-        format!("v{}.{}", self.major, self.minor)
+    /// True if kube-proxy's nftables mode is on by default (beta or later).
+    pub(crate) fn has_nftables_proxy(self) -> bool {
+        self.major > 1 || self.minor >= NFTABLES_SINCE_MINOR
     }
 }
 
@@ -101,37 +140,50 @@ impl fmt::Display for Version {
     }
 }
 
+/// Parses a version and checks that piha supports it.
 impl FromStr for Version {
     type Err = VersionError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse(s)
+        Version::parse_any(s)?.supported()
     }
 }
 
-/// Parses a version and checks that piha supports it.
-pub fn parse(text: &str) -> Result<Version, VersionError> {
-    let v = Version::parse_any(text)?;
-    if v.is_supported() {
-        Ok(v)
-    } else {
-        Err(VersionError::Unsupported { version: v.to_string() })
+impl Serialize for Version {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
-/// The kubeadm configuration API for a (supported) version string.
-pub fn kubeadm_api(version: &str) -> Result<KubeadmApi, VersionError> {
-    parse(version).map(Version::kubeadm_api)
+/// Checks the syntax only: support is a validation rule, reported with the others.
+impl<'de> Deserialize<'de> for Version {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(VersionVisitor)
+    }
 }
 
-/// The pkgs.k8s.io repository pin for a (supported) version string: `1.34.1` → `v1.34`.
-pub fn minor(version: &str) -> Result<String, VersionError> {
-    parse(version).map(Version::repo_minor)
+/// Parses inside the visitor, so a YAML error names the field (`kubernetes.version`).
+struct VersionVisitor;
+
+impl Visitor<'_> for VersionVisitor {
+    type Value = Version;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Version, E> {
+        Version::parse_any(text).map_err(E::custom)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{KubeadmApi, Version, VersionError, kubeadm_api, minor, parse};
+    use super::{KubeadmApi, Version, VersionError};
+
+    fn parse(text: &str) -> Result<Version, VersionError> {
+        text.parse()
+    }
 
     #[test]
     fn parses_plain_and_v_prefixed() {
@@ -192,16 +244,30 @@ mod tests {
 
     #[test]
     fn kubeadm_api_switches_at_1_31() {
-        assert_eq!(kubeadm_api("1.30.14"), Ok(KubeadmApi::V1beta3));
-        assert_eq!(kubeadm_api("1.31.0"), Ok(KubeadmApi::V1beta4));
-        assert_eq!(kubeadm_api("v1.34.1"), Ok(KubeadmApi::V1beta4));
-        assert_eq!(KubeadmApi::V1beta4.api_version(), "kubeadm.k8s.io/v1beta4");
-        assert!(kubeadm_api("1.20.0").is_err());
+        let api = |text: &str| parse(text).map(Version::kubeadm_api);
+        assert_eq!(api("1.30.14"), Ok(KubeadmApi::V1beta3));
+        assert_eq!(api("1.31.0"), Ok(KubeadmApi::V1beta4));
+        assert_eq!(api("v1.34.1"), Ok(KubeadmApi::V1beta4));
+        assert_eq!(KubeadmApi::V1beta4.to_string(), "kubeadm.k8s.io/v1beta4");
+        assert_eq!(yaml_serde::to_string(&KubeadmApi::V1beta3).unwrap(), "kubeadm.k8s.io/v1beta3\n");
     }
 
     #[test]
-    fn minor_is_the_repo_pin() {
-        assert_eq!(minor("1.34.1"), Ok("v1.34".to_string()));
-        assert_eq!(minor("v1.28.15"), Ok("v1.28".to_string()));
+    fn nftables_proxy_is_on_by_default_from_1_31() {
+        assert!(!parse("1.30.14").unwrap().has_nftables_proxy());
+        assert!(parse("1.31.0").unwrap().has_nftables_proxy());
+    }
+
+    #[test]
+    fn yaml_is_the_version_string_and_support_is_checked_later() {
+        let v: Version = yaml_serde::from_str("\"v1.34.1\"").expect("parses");
+        assert_eq!(yaml_serde::to_string(&v).unwrap(), "1.34.1\n");
+        let old: Version = yaml_serde::from_str("1.20.0").expect("syntax is fine");
+        assert!(!old.is_supported());
+        let err = yaml_serde::from_str::<Version>("\"1.34\"").expect_err("syntax error");
+        assert!(
+            err.to_string().contains("`1.34` is not a Kubernetes version of the form X.Y.Z"),
+            "{err}"
+        );
     }
 }

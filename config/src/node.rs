@@ -7,6 +7,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{ClusterFile, KeyAlgorithm, ProxyMode, Role, Runtime};
+use crate::k8s::Version;
 use crate::problem::{Problem, Problems};
 
 /// Bumped when a change would make an older agent misread the file.
@@ -57,7 +58,7 @@ pub struct Identity {
 #[serde(deny_unknown_fields)]
 pub struct ClusterFacts {
     pub name: String,
-    pub kubernetes_version: String,
+    pub kubernetes_version: Version,
     pub runtime: Runtime,
     pub proxy_mode: ProxyMode,
     pub vip: Ipv4Addr,
@@ -112,7 +113,7 @@ impl NodeConfig {
             },
             cluster: ClusterFacts {
                 name: cluster.name.clone(),
-                kubernetes_version: cluster.kubernetes.version.clone(),
+                kubernetes_version: cluster.kubernetes.version,
                 runtime: cluster.kubernetes.runtime,
                 proxy_mode: cluster.kubernetes.proxy_mode,
                 vip: cluster.api.vip,
@@ -123,7 +124,15 @@ impl NodeConfig {
                 network_renderer,
                 key_algorithm: cluster.kubernetes.key_algorithm,
             },
-            peers: cluster.nodes.iter().map(|n| Peer { name: n.name.clone(), ip: n.ip, role: n.role }).collect(),
+            peers: cluster
+                .nodes
+                .iter()
+                .map(|n| Peer {
+                    name: n.name.clone(),
+                    ip: n.ip,
+                    role: n.role,
+                })
+                .collect(),
             ssh_authorized_keys: cluster.ssh_authorized_keys.clone(),
         })
     }
@@ -139,7 +148,10 @@ impl NodeConfig {
 
     pub fn to_yaml(&self) -> String {
         let body = yaml_serde::to_string(self).expect("NodeConfig serializes");
-        format!("# piha node identity for {}. Written by `piha stamp`; edit with care, `piha-agent` validates it.\n{body}", self.node.name)
+        format!(
+            "# piha node identity for {}. Written by `piha stamp`; edit with care, `piha-agent` validates it.\n{body}",
+            self.node.name
+        )
     }
 
     /// The control planes, in cluster-file order (the director's real servers).

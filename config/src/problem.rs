@@ -24,11 +24,23 @@ pub struct Problem {
 
 impl Problem {
     pub fn error(file: impl Into<PathBuf>, path: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Self {
-        Problem { severity: Severity::Error, file: file.into(), path: path.into(), message: message.into(), fix: fix.into() }
+        Problem {
+            severity: Severity::Error,
+            file: file.into(),
+            path: path.into(),
+            message: message.into(),
+            fix: fix.into(),
+        }
     }
 
     pub fn warning(file: impl Into<PathBuf>, path: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Self {
-        Problem { severity: Severity::Warning, file: file.into(), path: path.into(), message: message.into(), fix: fix.into() }
+        Problem {
+            severity: Severity::Warning,
+            file: file.into(),
+            path: path.into(),
+            message: message.into(),
+            fix: fix.into(),
+        }
     }
 
     pub fn is_error(&self) -> bool {

@@ -33,8 +33,18 @@ pub const BOOTSTRAP_TOKEN: SecretFile = file("bootstrap-token", true, false);
 /// `sha256:<hex>` of the cluster CA's SubjectPublicKeyInfo.
 pub const CA_CERT_HASH: SecretFile = file("ca-cert-hash", false, false);
 
-pub const ALL: [SecretFile; 10] =
-    [CA_CRT, CA_KEY, ETCD_CA_CRT, ETCD_CA_KEY, FRONT_PROXY_CA_CRT, FRONT_PROXY_CA_KEY, SA_KEY, SA_PUB, BOOTSTRAP_TOKEN, CA_CERT_HASH];
+pub const ALL: [SecretFile; 10] = [
+    CA_CRT,
+    CA_KEY,
+    ETCD_CA_CRT,
+    ETCD_CA_KEY,
+    FRONT_PROXY_CA_CRT,
+    FRONT_PROXY_CA_KEY,
+    SA_KEY,
+    SA_PUB,
+    BOOTSTRAP_TOKEN,
+    CA_CERT_HASH,
+];
 
 /// The directory on PIHA-CFG that holds a node's secrets until it has joined.
 pub const CARD_DIR: &str = "secrets";
@@ -48,5 +58,51 @@ pub fn for_role(role: Role) -> &'static [SecretFile] {
         Role::ControlPlane => &ALL,
         Role::Worker => &[BOOTSTRAP_TOKEN, CA_CERT_HASH],
         Role::Director => &[],
+    }
+}
+
+/// True if `token` has kubeadm's bootstrap token format `[a-z0-9]{6}.[a-z0-9]{16}`
+/// (<https://kubernetes.io/docs/reference/access-authn-authz/bootstrap-tokens/#token-format>).
+pub fn is_bootstrap_token(token: &str) -> bool {
+    let ok = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    match token.split_once('.') {
+        Some((id, secret)) => ok(id, 6) && ok(secret, 16),
+        None => false,
+    }
+}
+
+/// True if `hash` has the form of kubeadm's discovery hash: `sha256:` and 64
+/// lowercase hex digits.
+pub(crate) fn is_ca_cert_hash(hash: &str) -> bool {
+    match hash.strip_prefix("sha256:") {
+        Some(hex) => hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_bootstrap_token, is_ca_cert_hash};
+
+    #[test]
+    fn token_format() {
+        assert!(is_bootstrap_token("abcdef.0123456789abcdef"));
+        for bad in [
+            "abcdef0123456789abcdef",
+            "abcdef.0123456789abcde",
+            "ABCDEF.0123456789abcdef",
+            "abcde.0123456789abcdefg",
+            "",
+        ] {
+            assert!(!is_bootstrap_token(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ca_cert_hash_format() {
+        assert!(is_ca_cert_hash(&format!("sha256:{}", "0a".repeat(32))));
+        for bad in ["sha256:abc", &format!("sha256:{}", "0A".repeat(32)), &"0a".repeat(32)] {
+            assert!(!is_ca_cert_hash(bad), "{bad}");
+        }
     }
 }

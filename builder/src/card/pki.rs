@@ -8,6 +8,8 @@
 
 use anyhow::Context;
 use piha_config::cluster::KeyAlgorithm;
+/// The format check has one home, the config crate, whose kubeadm renderer uses it too.
+pub use piha_config::secrets::is_bootstrap_token;
 use rand::Rng;
 use rand::rngs::OsRng;
 use rcgen::{
@@ -111,15 +113,6 @@ pub fn bootstrap_token() -> String {
     let id = pick(6);
     let secret = pick(16);
     format!("{id}.{secret}")
-}
-
-/// True if `token` has kubeadm's bootstrap token format.
-pub fn is_bootstrap_token(token: &str) -> bool {
-    let ok = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    match token.split_once('.') {
-        Some((id, secret)) => ok(id, 6) && ok(secret, 16),
-        None => false,
-    }
 }
 
 /// kubeadm's discovery hash: `sha256:` + hex SHA-256 of the CA certificate's

@@ -17,18 +17,65 @@ use std::net::Ipv4Addr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use std::fmt;
+
 use crate::cluster::{KeyAlgorithm, ProxyMode, Role};
-use crate::k8s::{self, KubeadmApi};
+use crate::k8s::{KubeadmApi, Version};
 use crate::node::NodeConfig;
+use crate::secrets::{is_bootstrap_token, is_ca_cert_hash};
 
 use super::hosts::api_name;
 use super::{JoinSecrets, RenderError, header};
 
-pub const KUBELET_API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
-pub const KUBE_PROXY_API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
+/// The `kind:` of each document piha writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    InitConfiguration,
+    ClusterConfiguration,
+    JoinConfiguration,
+    KubeletConfiguration,
+    KubeProxyConfiguration,
+}
 
-/// The first minor where kube-proxy's nftables mode is beta (on by default).
-const NFTABLES_SINCE_MINOR: u32 = 31;
+impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::InitConfiguration,
+        Kind::ClusterConfiguration,
+        Kind::JoinConfiguration,
+        Kind::KubeletConfiguration,
+        Kind::KubeProxyConfiguration,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::InitConfiguration => "InitConfiguration",
+            Kind::ClusterConfiguration => "ClusterConfiguration",
+            Kind::JoinConfiguration => "JoinConfiguration",
+            Kind::KubeletConfiguration => "KubeletConfiguration",
+            Kind::KubeProxyConfiguration => "KubeProxyConfiguration",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `apiVersion:` of the KubeletConfiguration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KubeletApi {
+    #[serde(rename = "kubelet.config.k8s.io/v1beta1")]
+    V1beta1,
+}
+
+/// The `apiVersion:` of the KubeProxyConfiguration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KubeProxyApi {
+    #[serde(rename = "kubeproxy.config.k8s.io/v1alpha1")]
+    V1alpha1,
+}
 
 /// What kubeadm does on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +102,8 @@ pub fn action(cfg: &NodeConfig) -> Option<Action> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InitConfiguration {
-    pub api_version: String,
-    pub kind: String,
+    pub api_version: KubeadmApi,
+    pub kind: Kind,
     pub bootstrap_tokens: Vec<BootstrapToken>,
     pub node_registration: NodeRegistration,
     #[serde(rename = "localAPIEndpoint")]
@@ -134,8 +181,8 @@ pub struct ApiEndpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterConfiguration {
-    pub api_version: String,
-    pub kind: String,
+    pub api_version: KubeadmApi,
+    pub kind: Kind,
     pub cluster_name: String,
     pub kubernetes_version: String,
     pub control_plane_endpoint: String,
@@ -167,8 +214,8 @@ pub struct Networking {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JoinConfiguration {
-    pub api_version: String,
-    pub kind: String,
+    pub api_version: KubeadmApi,
+    pub kind: Kind,
     pub node_registration: NodeRegistration,
     pub discovery: Discovery,
     /// Present on control planes only. No `certificateKey`: the CAs are on disk.
@@ -197,13 +244,13 @@ pub struct JoinControlPlane {
     pub local_api_endpoint: ApiEndpoint,
 }
 
-/// `KubeletConfiguration`: `cgroupDriver: systemd`, matching the runtime (seed
-/// 004: CRI-O with the kubelet on cgroupfs never starts the pod sandbox).
+/// `KubeletConfiguration`: `cgroupDriver: systemd`, matching the runtime (CRI-O
+/// with the kubelet on cgroupfs never starts the pod sandbox).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubeletConfiguration {
-    pub api_version: String,
-    pub kind: String,
+    pub api_version: KubeletApi,
+    pub kind: Kind,
     pub cgroup_driver: String,
 }
 
@@ -212,8 +259,8 @@ pub struct KubeletConfiguration {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubeProxyConfiguration {
-    pub api_version: String,
-    pub kind: String,
+    pub api_version: KubeProxyApi,
+    pub kind: Kind,
     pub mode: String,
 }
 
@@ -228,13 +275,13 @@ pub enum Document {
 }
 
 impl Document {
-    pub fn kind(&self) -> &str {
+    pub fn kind(&self) -> Kind {
         match self {
-            Document::Init(d) => &d.kind,
-            Document::Cluster(d) => &d.kind,
-            Document::Join(d) => &d.kind,
-            Document::Kubelet(d) => &d.kind,
-            Document::KubeProxy(d) => &d.kind,
+            Document::Init(d) => d.kind,
+            Document::Cluster(d) => d.kind,
+            Document::Join(d) => d.kind,
+            Document::Kubelet(d) => d.kind,
+            Document::KubeProxy(d) => d.kind,
         }
     }
 
@@ -247,11 +294,6 @@ impl Document {
             Document::KubeProxy(d) => yaml_serde::to_string(d),
         }
     }
-}
-
-/// The kubeadm API for this node's Kubernetes version.
-pub fn api(cfg: &NodeConfig) -> Result<KubeadmApi, RenderError> {
-    k8s::kubeadm_api(&cfg.cluster.kubernetes_version).map_err(|error| RenderError::Version { error })
 }
 
 /// `VIP:port`: kubeadm's controlPlaneEndpoint and every join's API endpoint.
@@ -272,52 +314,81 @@ pub fn documents(cfg: &NodeConfig, secrets: Option<&JoinSecrets>) -> Result<Vec<
         role: cfg.node.role.as_str(),
     })?;
     check_secrets(secrets)?;
-    let version = k8s::parse(&cfg.cluster.kubernetes_version).map_err(|error| RenderError::Version { error })?;
+    let version = cfg
+        .cluster
+        .kubernetes_version
+        .supported()
+        .map_err(|error| RenderError::Version { error })?;
     let api = version.kubeadm_api();
-    let api_version = api.api_version().to_string();
-    let local = ApiEndpoint {
-        advertise_address: cfg.node.address.addr(),
-        bind_port: cfg.cluster.api_port,
-    };
-    let node_registration = NodeRegistration {
-        name: cfg.node.name.clone(),
-        cri_socket: cfg.cluster.runtime.cri_socket().to_string(),
-        // The realServer VIP sits on lo; pin the kubelet's node IP so it never
-        // registers with the VIP (seed 004's nodes all showed the VIP as INTERNAL-IP).
-        kubelet_extra_args: Some(ExtraArgs::new(api, &[("node-ip", cfg.node.address.addr().to_string())])),
-    };
     let kubelet = Document::Kubelet(KubeletConfiguration {
-        api_version: KUBELET_API_VERSION.to_string(),
-        kind: "KubeletConfiguration".to_string(),
+        api_version: KubeletApi::V1beta1,
+        kind: Kind::KubeletConfiguration,
         cgroup_driver: "systemd".to_string(),
     });
     if action != Action::Init {
-        let join = JoinConfiguration {
-            api_version,
-            kind: "JoinConfiguration".to_string(),
-            node_registration,
-            discovery: Discovery {
-                bootstrap_token: BootstrapTokenDiscovery {
-                    api_server_endpoint: endpoint(cfg),
-                    token: secrets.token.clone(),
-                    ca_cert_hashes: vec![secrets.ca_cert_hash.clone()],
-                },
-            },
-            control_plane: (action == Action::JoinControlPlane).then_some(JoinControlPlane { local_api_endpoint: local }),
-        };
         // kubeadm join takes the kubelet settings from the cluster's
         // kubelet-config ConfigMap (written at init from the document below);
         // it is repeated here so the file says what the node runs with.
-        return Ok(vec![Document::Join(join), kubelet]);
+        return Ok(vec![Document::Join(join_configuration(cfg, api, action, secrets)), kubelet]);
     }
-    if cfg.cluster.proxy_mode == ProxyMode::Nftables && version.minor < NFTABLES_SINCE_MINOR {
+    if cfg.cluster.proxy_mode == ProxyMode::Nftables && !version.has_nftables_proxy() {
         return Err(RenderError::NftablesTooOld {
             version: version.to_string(),
         });
     }
-    let init = InitConfiguration {
-        api_version: api_version.clone(),
-        kind: "InitConfiguration".to_string(),
+    let proxy = KubeProxyConfiguration {
+        api_version: KubeProxyApi::V1alpha1,
+        kind: Kind::KubeProxyConfiguration,
+        mode: cfg.cluster.proxy_mode.as_str().to_string(),
+    };
+    Ok(vec![
+        Document::Init(init_configuration(cfg, api, secrets)),
+        Document::Cluster(cluster_configuration(cfg, version)),
+        kubelet,
+        Document::KubeProxy(proxy),
+    ])
+}
+
+/// Where this node's API server listens: its own address.
+fn local_endpoint(cfg: &NodeConfig) -> ApiEndpoint {
+    ApiEndpoint {
+        advertise_address: cfg.node.address.addr(),
+        bind_port: cfg.cluster.api_port,
+    }
+}
+
+fn node_registration(cfg: &NodeConfig, api: KubeadmApi) -> NodeRegistration {
+    NodeRegistration {
+        name: cfg.node.name.clone(),
+        cri_socket: cfg.cluster.runtime.cri_socket().to_string(),
+        // The realServer VIP sits on lo; without a pinned node IP the kubelet
+        // may register the VIP as the node's INTERNAL-IP.
+        kubelet_extra_args: Some(ExtraArgs::new(api, &[("node-ip", cfg.node.address.addr().to_string())])),
+    }
+}
+
+fn join_configuration(cfg: &NodeConfig, api: KubeadmApi, action: Action, secrets: &JoinSecrets) -> JoinConfiguration {
+    JoinConfiguration {
+        api_version: api,
+        kind: Kind::JoinConfiguration,
+        node_registration: node_registration(cfg, api),
+        discovery: Discovery {
+            bootstrap_token: BootstrapTokenDiscovery {
+                api_server_endpoint: endpoint(cfg),
+                token: secrets.token.clone(),
+                ca_cert_hashes: vec![secrets.ca_cert_hash.clone()],
+            },
+        },
+        control_plane: (action == Action::JoinControlPlane).then_some(JoinControlPlane {
+            local_api_endpoint: local_endpoint(cfg),
+        }),
+    }
+}
+
+fn init_configuration(cfg: &NodeConfig, api: KubeadmApi, secrets: &JoinSecrets) -> InitConfiguration {
+    InitConfiguration {
+        api_version: api,
+        kind: Kind::InitConfiguration,
         bootstrap_tokens: vec![BootstrapToken {
             token: secrets.token.clone(),
             description: format!("piha bootstrap token of cluster {}", cfg.cluster.name),
@@ -327,17 +398,21 @@ pub fn documents(cfg: &NodeConfig, secrets: Option<&JoinSecrets>) -> Result<Vec<
             // "no expiry".
             ttl: "0s".to_string(),
         }],
-        node_registration,
-        local_api_endpoint: local,
-    };
+        node_registration: node_registration(cfg, api),
+        local_api_endpoint: local_endpoint(cfg),
+    }
+}
+
+fn cluster_configuration(cfg: &NodeConfig, version: Version) -> ClusterConfiguration {
+    let api = version.kubeadm_api();
     let (encryption_algorithm, feature_gates) = match (cfg.cluster.key_algorithm, api) {
         (KeyAlgorithm::Rsa2048, _) => (None, BTreeMap::new()),
         (KeyAlgorithm::EcdsaP256, KubeadmApi::V1beta4) => (Some("ECDSA-P256".to_string()), BTreeMap::new()),
         (KeyAlgorithm::EcdsaP256, KubeadmApi::V1beta3) => (None, BTreeMap::from([("PublicKeysECDSA".to_string(), true)])),
     };
-    let cluster = ClusterConfiguration {
-        api_version,
-        kind: "ClusterConfiguration".to_string(),
+    ClusterConfiguration {
+        api_version: api,
+        kind: Kind::ClusterConfiguration,
         cluster_name: cfg.cluster.name.clone(),
         kubernetes_version: format!("v{version}"),
         control_plane_endpoint: endpoint(cfg),
@@ -348,18 +423,7 @@ pub fn documents(cfg: &NodeConfig, secrets: Option<&JoinSecrets>) -> Result<Vec<
         },
         encryption_algorithm,
         feature_gates,
-    };
-    let proxy = KubeProxyConfiguration {
-        api_version: KUBE_PROXY_API_VERSION.to_string(),
-        kind: "KubeProxyConfiguration".to_string(),
-        mode: cfg.cluster.proxy_mode.as_str().to_string(),
-    };
-    Ok(vec![
-        Document::Init(init),
-        Document::Cluster(cluster),
-        kubelet,
-        Document::KubeProxy(proxy),
-    ])
+    }
 }
 
 /// The API server certificate's extra names: the VIP and its /etc/hosts name,
@@ -418,18 +482,20 @@ pub fn parse(text: &str) -> Result<Vec<Document>, ParseError> {
         let kind = value
             .get("kind")
             .and_then(yaml_serde::Value::as_str)
-            .ok_or(ParseError::NoKind { index })?
-            .to_string();
+            .ok_or(ParseError::NoKind { index })?;
+        let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == kind) else {
+            let kind = kind.to_string();
+            return Err(ParseError::UnknownKind { index, kind });
+        };
         fn typed<T: DeserializeOwned>(index: usize, value: yaml_serde::Value) -> Result<T, ParseError> {
             yaml_serde::from_value(value).map_err(|error| ParseError::Yaml { index, error })
         }
-        docs.push(match kind.as_str() {
-            "InitConfiguration" => Document::Init(typed(index, value)?),
-            "ClusterConfiguration" => Document::Cluster(typed(index, value)?),
-            "JoinConfiguration" => Document::Join(typed(index, value)?),
-            "KubeletConfiguration" => Document::Kubelet(typed(index, value)?),
-            "KubeProxyConfiguration" => Document::KubeProxy(typed(index, value)?),
-            _ => return Err(ParseError::UnknownKind { index, kind }),
+        docs.push(match kind {
+            Kind::InitConfiguration => Document::Init(typed(index, value)?),
+            Kind::ClusterConfiguration => Document::Cluster(typed(index, value)?),
+            Kind::JoinConfiguration => Document::Join(typed(index, value)?),
+            Kind::KubeletConfiguration => Document::Kubelet(typed(index, value)?),
+            Kind::KubeProxyConfiguration => Document::KubeProxy(typed(index, value)?),
         });
     }
     Ok(docs)
@@ -438,23 +504,14 @@ pub fn parse(text: &str) -> Result<Vec<Document>, ParseError> {
 /// The token and hash must have kubeadm's shapes; anything else would only
 /// fail later, on the node, inside kubeadm.
 fn check_secrets(s: &JoinSecrets) -> Result<(), RenderError> {
-    let lower_alnum = |t: &str, n: usize| t.len() == n && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let token_ok = match s.token.split_once('.') {
-        Some((id, secret)) => lower_alnum(id, 6) && lower_alnum(secret, 16),
-        None => false,
-    };
-    if !token_ok {
+    if !is_bootstrap_token(&s.token) {
         return Err(RenderError::BadSecret {
             file: crate::secrets::BOOTSTRAP_TOKEN.rel,
             value: s.token.clone(),
             expected: "a bootstrap token [a-z0-9]{6}.[a-z0-9]{16}",
         });
     }
-    let hash_ok = match s.ca_cert_hash.strip_prefix("sha256:") {
-        Some(hex) => hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-        None => false,
-    };
-    if !hash_ok {
+    if !is_ca_cert_hash(&s.ca_cert_hash) {
         return Err(RenderError::BadSecret {
             file: crate::secrets::CA_CERT_HASH.rel,
             value: s.ca_cert_hash.clone(),
@@ -480,7 +537,7 @@ mod tests {
         let cfg = node("cp2", NetworkRenderer::Networkd);
         assert_eq!(action(&cfg), Some(Action::Init));
         let docs = documents(&cfg, Some(&secrets())).expect("renders");
-        let kinds: Vec<&str> = docs.iter().map(Document::kind).collect();
+        let kinds: Vec<&str> = docs.iter().map(|d| d.kind().as_str()).collect();
         assert_eq!(
             kinds,
             [
@@ -525,7 +582,7 @@ mod tests {
     #[test]
     fn v1beta3_below_1_31_uses_a_map_and_the_ecdsa_gate() {
         let mut cfg = node("cp2", NetworkRenderer::Networkd);
-        cfg.cluster.kubernetes_version = "1.30.14".to_string();
+        cfg.cluster.kubernetes_version = "1.30.14".parse().expect("supported");
         cfg.cluster.proxy_mode = ProxyMode::Iptables;
         let text = config(&cfg, Some(&secrets())).expect("renders");
         assert!(text.contains("apiVersion: kubeadm.k8s.io/v1beta3\n"), "{text}");
@@ -539,7 +596,7 @@ mod tests {
     #[test]
     fn nftables_needs_1_31() {
         let mut cfg = node("cp2", NetworkRenderer::Networkd);
-        cfg.cluster.kubernetes_version = "1.30.14".to_string();
+        cfg.cluster.kubernetes_version = "1.30.14".parse().expect("supported");
         let err = documents(&cfg, Some(&secrets())).expect_err("nftables is alpha in 1.30");
         assert!(matches!(err, RenderError::NftablesTooOld { .. }), "{err}");
         assert!(err.to_string().contains("proxy_mode: iptables"), "{err}");

@@ -96,8 +96,9 @@ pub enum RenderError {
     #[error("node.yaml: cluster.kubernetes_version: {error} (fix: set kubernetes.version in the cluster file and re-stamp the card)")]
     Version { error: VersionError },
     #[error(
-        "node.yaml: cluster.proxy_mode: kube-proxy's nftables mode needs Kubernetes 1.31 or newer (it is alpha in {version}) \
-         (fix: set kubernetes.proxy_mode: iptables in the cluster file, or a newer kubernetes.version)"
+        "node.yaml: cluster.proxy_mode: kube-proxy's nftables mode needs Kubernetes 1.{since} or newer (it is alpha in {version}) \
+         (fix: set kubernetes.proxy_mode: iptables in the cluster file, or a newer kubernetes.version)",
+        since = crate::k8s::NFTABLES_SINCE_MINOR
     )]
     NftablesTooOld { version: String },
     #[error(

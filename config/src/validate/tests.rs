@@ -6,8 +6,11 @@ use std::path::Path;
 
 use ipnet::Ipv4Net;
 
-use super::{Catalog, cluster, interface_name, is_mac, node_config, rfc1123_label};
+use super::names::rfc1123_label;
+use super::nic::{interface_name, is_mac};
+use super::{Catalog, cluster, node_config};
 use crate::cluster::{ClusterFile, KeyAlgorithm, Role};
+use crate::k8s::Version;
 use crate::node::{NetworkRenderer, NodeConfig};
 use crate::problem::{Problem, Severity};
 
@@ -200,7 +203,7 @@ fn unknown_board_distro_and_version() {
     let mut c = homelab();
     c.nodes[4].board = "rpi3".into();
     c.distro = "fedora".into();
-    c.kubernetes.version = "1.27.3".into();
+    c.kubernetes.version = version("1.27.3");
     assert_error(
         &c,
         "nodes[4].board",
@@ -208,8 +211,25 @@ fn unknown_board_distro_and_version() {
     );
     assert_error(&c, "distro", "unknown distro `fedora`");
     assert_error(&c, "kubernetes.version", "not supported");
-    c.kubernetes.version = "latest".into();
-    assert_error(&c, "kubernetes.version", "not a Kubernetes version");
+}
+
+#[test]
+fn version_syntax_is_a_parse_error_with_the_version_fix() {
+    let text = HOMELAB.replace("version: \"1.34.1\"", "version: \"latest\"");
+    assert_ne!(text, HOMELAB, "homelab.yaml changed; update this test");
+    let problems = ClusterFile::parse(Path::new("c.yaml"), &text).expect_err("bad syntax").0;
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(problems[0].path, "kubernetes.version");
+    assert!(
+        problems[0].message.starts_with("`latest` is not a Kubernetes version"),
+        "{problems:#?}"
+    );
+    assert_eq!(problems[0].fix, "use a released version from 1.28 to 1.37, quoted, e.g. \"1.34.1\"");
+}
+
+/// A version that parses, supported or not.
+fn version(text: &str) -> Version {
+    yaml_serde::from_str(text).expect("version syntax")
 }
 
 #[test]
@@ -316,7 +336,7 @@ fn node_config_rules() {
     cfg.node.name = "CP2".into();
     cfg.node.address = net("192.168.50.255/24");
     cfg.cluster.vip = ip("10.1.1.1");
-    cfg.cluster.kubernetes_version = "1.99.0".into();
+    cfg.cluster.kubernetes_version = version("1.99.0");
     cfg.node.role = Role::Worker;
     cfg.node.init = true;
     cfg.peers[0].name = "cp1".into();
