@@ -30,13 +30,16 @@ pub struct FlashSummary {
     pub seconds: f64,
 }
 
+/// A card written and stamped.
+pub struct Flashed {
+    pub report: WriteReport,
+    pub stamped: Stamped,
+    pub seconds: f64,
+}
+
 /// Writes the image onto `target` and stamps `id`'s node onto it.
-pub fn write_card(
-    id: Identity<'_>,
-    source: &ImageSource,
-    target: &mut dyn WriteTarget,
-    progress: &Progress,
-) -> anyhow::Result<(WriteReport, Stamped)> {
+pub fn write_card(id: Identity<'_>, source: &ImageSource, target: &mut dyn WriteTarget, progress: &Progress) -> anyhow::Result<Flashed> {
+    let started = Instant::now();
     let report = write_image(source.stream()?, &source.bmap, target, progress)?;
     let stamped = stamp::onto(id, target).with_context(|| {
         let t = target.describe();
@@ -45,29 +48,26 @@ pub fn write_card(
             id.node, id.node
         )
     })?;
-    Ok((report, stamped))
+    Ok(Flashed {
+        report,
+        stamped,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// The summary of a finished flash.
-pub fn summarize(
-    node: &str,
-    target: &Path,
-    info: Option<&DeviceInfo>,
-    source: &ImageSource,
-    report: WriteReport,
-    started: Instant,
-) -> FlashSummary {
+pub fn summarize(target: &Path, info: Option<&DeviceInfo>, source: &ImageSource, flashed: Flashed) -> FlashSummary {
     FlashSummary {
-        node: node.to_string(),
+        node: flashed.stamped.card.node.node.name.clone(),
         target: target.display().to_string(),
         model: info.and_then(|i| i.model.clone()),
         serial: info.and_then(|i| i.serial.clone()),
         image: source.path.display().to_string(),
         compression: source.compression,
         bmap: source.bmap_path.as_ref().map(|p| p.display().to_string()),
-        report,
+        report: flashed.report,
         stamped: true,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: flashed.seconds,
     }
 }
 

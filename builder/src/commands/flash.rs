@@ -5,7 +5,6 @@
 use std::io::{BufRead, IsTerminal, Write as _};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 use piha_config::cluster::ClusterFile;
@@ -125,12 +124,11 @@ fn flash_device(opts: &FlashOpts, job: Job<'_>, node: &str, device: &Path, runne
             info.path.display()
         ),
     )?;
-    let started = Instant::now();
     let mut held = claim::claim(&info)?;
-    let (report, stamped) = flash::write_card(id, job.source, &mut held.target, &job.progress)?;
+    let flashed = flash::write_card(id, job.source, &mut held.target, &job.progress)?;
     held.finish_with_new_table(runner);
-    log::info!("{}", stamped.summary());
-    let summary = flash::summarize(node, &info.path, Some(&info), job.source, report, started);
+    log::info!("{}", flashed.stamped.summary());
+    let summary = flash::summarize(&info.path, Some(&info), job.source, flashed);
     flash::record(job.cluster_path, &summary)?;
     Ok(summary)
 }
@@ -147,12 +145,11 @@ fn flash_file(opts: &FlashOpts, job: Job<'_>, node: &str, path: &Path) -> anyhow
         Ok(_) => confirm(opts.yes, &format!("{} exists; replace it?", path.display()))?,
         Err(_) => {}
     }
-    let started = Instant::now();
     let mut target = FileTarget::create(path, job.source.bmap.image_size).with_context(|| format!("creating {}", path.display()))?;
-    let (report, stamped) = flash::write_card(id, job.source, &mut target, &job.progress)?;
+    let flashed = flash::write_card(id, job.source, &mut target, &job.progress)?;
     drop(target);
-    log::info!("{}", stamped.summary());
-    let summary = flash::summarize(node, path, None, job.source, report, started);
+    log::info!("{}", flashed.stamped.summary());
+    let summary = flash::summarize(path, None, job.source, flashed);
     flash::record(job.cluster_path, &summary)?;
     Ok(summary)
 }
