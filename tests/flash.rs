@@ -9,7 +9,7 @@ mod image;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image::{CFG_SIZE, CFG_START, IMAGE_SIZE, Lab, MIB, TestImage, assert_same, failed, ok, pattern_file, run, sha256_hex};
@@ -404,9 +404,8 @@ fn cli_flashes_a_loop_device_stamps_it_and_records_it() {
         "--allow-non-removable",
         "--json",
     ]));
-    // stamp prints its own line first; the JSON summary follows.
-    let json = &out[out.find('{').unwrap()..];
-    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    // --json prints the summary and nothing else on stdout.
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["node"], "cp2");
     assert_eq!(v["stamped"], true);
     assert_eq!(v["image_sha256"], sha256_hex(&t.bytes()));
@@ -428,11 +427,85 @@ fn cli_flashes_a_loop_device_stamps_it_and_records_it() {
     assert_eq!(ledger.entries[0].device, card.dev.display().to_string());
     assert_eq!(ledger.entries[0].image_sha256, sha256_hex(&t.bytes()));
 
-    // `piha stamp` alone still re-personalises the flashed card.
+    // `piha stamp` alone still re-personalises the flashed card, after
+    // printing which device it is about to write.
     drop(card);
     let card = Loop::attach(&backing);
-    ok(&lab.piha(&["stamp", "--node", "w1", "--allow-non-removable", card.dev.to_str().unwrap()]));
+    let out = lab.piha(&["stamp", "--node", "w1", "--allow-non-removable", card.dev.to_str().unwrap()]);
+    let stdout = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("piha: target {}: ", card.dev.display())) && stderr.contains("serial") && stderr.contains("96.00 MiB"),
+        "{stderr}"
+    );
+    assert!(stdout.starts_with("stamped w1 (worker) onto "), "{stdout}");
     assert_eq!(stamped_node(&card.dev, CFG_START), "w1");
+}
+
+/// `stamp --node NODE EXTRA... DEV`.
+fn stamp_device<'a>(dev: &'a Path, node: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["stamp", "--node", node];
+    args.extend_from_slice(extra);
+    args.push(dev.to_str().unwrap());
+    args
+}
+
+#[test]
+fn stamp_refuses_a_fixed_disk_without_allow_non_removable() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let card = held_card(&t, "fixed.img", 80 * MIB);
+    let err = failed(&lab.piha(&stamp_device(&card.dev, "cp1", &[])));
+    assert!(
+        err.contains(&format!("refusing to write {}; nothing was written", card.dev.display()))
+            && err.contains("is not a removable disk")
+            && err.contains("add --allow-non-removable"),
+        "{err}"
+    );
+    assert_nothing_written(&card.read_all(), 80 * MIB, "the fixed disk");
+}
+
+#[test]
+fn stamp_refuses_a_mounted_device() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let card = held_card(&t, "fs.img", 80 * MIB);
+    mkfs_ext4(&card.dev);
+    let mount = Mount::new(&card.dev);
+    let before = card.read_all();
+    let err = failed(&lab.piha(&stamp_device(&card.dev, "cp1", &["--allow-non-removable"])));
+    let mount_point = mount.dir.path().display().to_string();
+    assert!(err.contains(&format!("is mounted at {mount_point}; unmount it first")), "{err}");
+    assert_same(&card.read_all(), &before, "the mounted device");
+}
+
+#[test]
+fn stamp_refuses_a_partition() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let backing = t.path("card.img");
+    fs::copy(&t.img, &backing).unwrap();
+    let card = Loop::attach(&backing);
+    run(Cmd::new("partx").arg("-a").arg(&card.dev));
+    let part = PathBuf::from(format!("{}p2", card.dev.display()));
+    let before = card.read_all();
+    let err = failed(&lab.piha(&stamp_device(&part, "cp1", &["--allow-non-removable"])));
+    assert!(err.contains("is a partition; flash the whole disk"), "{err}");
+    assert_same(&card.read_all(), &before, "the card");
+}
+
+#[test]
+fn stamp_refuses_a_truncated_image_and_leaves_it_as_it_was() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let cut = t.path("cut.img");
+    let mut bytes = t.bytes();
+    // The table still names PIHA-CFG, but the file ends inside it.
+    bytes.truncate((CFG_START + CFG_SIZE / 2) as usize);
+    fs::write(&cut, &bytes).unwrap();
+    let err = failed(&lab.piha(&["stamp", "--node", "cp1", cut.to_str().unwrap()]));
+    assert!(err.contains("truncated") || err.contains("beyond the end"), "{err}");
+    assert_same(&fs::read(&cut).unwrap(), &bytes, "the truncated image");
 }
 
 #[test]
