@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Benchmark (not a test) for issue 5, "Performance": cold and warm `piha build`
+# Benchmark (not a test): cold and warm `piha build`
 # of the rpi4 image next to the amd64 image in the same run, the ratio
 # rpi4/amd64, the rpi4 stage split and the compressed image size, checked
-# against the issue's targets (PASS/MISS lines; a MISS never fails the script).
+# against its targets (PASS/MISS lines; a MISS never fails the script).
 #
 # Every build: examples/qemu-lab.yaml (after `piha init`), Debian bookworm from
 # the host's apt mirror, test profile, `piha build --json` for the stage times.
@@ -370,7 +370,7 @@ for b in boards:
     size = summary[b]["compressed_bytes"]
     target("compressed %s image <= 400 MB" % b, round(size / 1e6, 1) if size else None, 400, "MB")
 print()
-print("targets (issue 5; reported, never enforced):")
+print("targets (reported, never enforced):")
 for t in targets:
     print("%-4s %-55s %8s %s (limit %s)" % ("PASS" if t["pass"] else "MISS", t["target"], t["value"], t["unit"], t["limit"]))
 failed = sorted({r["board"] for r in runs if not r["ok"]})

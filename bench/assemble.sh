@@ -1,5 +1,5 @@
 #!/bin/bash
-# Assembly benchmark (issue 3, "Performance"): the same root tar into the same
+# Assembly benchmark: the same root tar into the same
 # GPT layout (128 MiB FAT32 ESP with kernel, initrd and systemd-boot; 16 MiB
 # PIHA-CFG; ext4 root sized to fit plus 1 GiB free), once by piha and once by
 # genimage, in one run. Prints seconds and the ratio piha/genimage. No pass/fail.

@@ -1,5 +1,5 @@
 //! A power cut at any point of any step must resume and complete on the next
-//! boot (issue 4, "Robustness"). This runs the real piha-agent binary on a
+//! boot. This runs the real piha-agent binary on a
 //! scratch node (commands logged, not run: `--dry-run-commands`) and, with
 //! `PIHA_AGENT_CRASH_AT`, makes it abort — no cleanup, no final writes, like
 //! losing power — at every point of every step: before the step, after each

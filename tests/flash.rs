@@ -9,7 +9,8 @@ mod image;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use image::{CFG_SIZE, CFG_START, IMAGE_SIZE, Lab, MIB, TestImage, assert_same, failed, ok, pattern_file, run, sha256_hex};
 use piha::bmap::Bmap;
@@ -18,7 +19,9 @@ use piha::flash::source::ImageSource;
 use piha::flash::target::{BlockTarget, FailingTarget, Failure, FileTarget, WriteTarget};
 use piha::flash::write::{HEAD, WriteReport, write_image};
 use piha::progress::Progress;
+use piha_config::node::NodeConfig;
 use piha_runner::{Cmd, SystemRunner};
+use sha2::{Digest, Sha256};
 use support::disk::{Loop, Mount};
 
 fn flash_lib(image: &Path, target: &mut dyn WriteTarget) -> anyhow::Result<WriteReport> {
@@ -43,6 +46,25 @@ fn unmapped(bmap: &Bmap) -> Vec<(u64, u64)> {
     out
 }
 
+/// The report's mapped sha256: sha256 over the raw sha256 of each mapped
+/// range's bytes in offset order, a range that crosses the end of the first
+/// MiB counted as two pieces (the first MiB is written last).
+fn mapped_sha256(image: &[u8], bmap: &Bmap) -> String {
+    let mut outer = Sha256::new();
+    for r in &bmap.ranges {
+        let b = bmap.byte_range(r);
+        let cut = if b.start < HEAD && b.end > HEAD {
+            vec![b.start..HEAD, HEAD..b.end]
+        } else {
+            vec![b]
+        };
+        for piece in cut {
+            outer.update(Sha256::digest(&image[piece.start as usize..piece.end as usize]));
+        }
+    }
+    hex::encode(outer.finalize())
+}
+
 #[test]
 fn written_bytes_equal_the_image_for_every_compression() {
     let t = TestImage::new();
@@ -63,14 +85,15 @@ fn written_bytes_equal_the_image_for_every_compression() {
         assert_eq!(report.bytes_skipped, IMAGE_SIZE - map.mapped_bytes());
         assert_eq!(report.ranges_checked_against_bmap, map.ranges.len());
         assert_eq!(report.image_sha256, sha256_hex(&want));
-        assert_eq!(report.mapped_sha256_image, report.mapped_sha256_device);
+        assert_eq!(report.mapped_sha256_image, mapped_sha256(&want, &map));
+        assert_eq!(report.mapped_sha256_device, mapped_sha256(&want, &map));
         assert!(report.bytes_written < IMAGE_SIZE / 4, "the image is sparse: {report:?}");
     }
 }
 
 #[test]
 fn unmapped_ranges_keep_what_the_card_held() {
-    let t = TestImage::new();
+    let t = TestImage::uncompressed();
     let backing = t.path("card.img");
     pattern_file(&backing, 80 * MIB, 0xA5);
     let card = Loop::attach(&backing);
@@ -109,7 +132,7 @@ fn unmapped_ranges_keep_what_the_card_held() {
 
 #[test]
 fn corruption_between_write_and_verify_is_detected() {
-    let t = TestImage::new();
+    let t = TestImage::uncompressed();
     let map = t.map();
     let last = map.byte_range(map.ranges.last().unwrap());
     let backing = t.path("card.img");
@@ -129,7 +152,7 @@ fn corruption_between_write_and_verify_is_detected() {
 
 #[test]
 fn a_damaged_image_is_caught_by_the_block_map() {
-    let t = TestImage::new();
+    let t = TestImage::uncompressed();
     let map = t.map();
     let mut bytes = t.bytes();
     let r = map.byte_range(&map.ranges[map.ranges.len() - 2]);
@@ -175,117 +198,175 @@ fn a_write_failing_part_way_leaves_the_first_mib_zeroed() {
     );
 }
 
-#[test]
-fn refusals_happen_before_anything_is_written() {
-    let t = TestImage::new();
-    let lab = Lab::new();
-    let img = t.img.to_str().unwrap();
+/// What a refused target held before: every byte 0xA5.
+const HELD: u8 = 0xA5;
 
-    // A regular file is not a device.
-    let plain = t.path("plain");
-    pattern_file(&plain, 80 * MIB, 0xA5);
-    let err = failed(&lab.piha(&["flash", img, "--device", plain.to_str().unwrap(), "--node", "cp1", "--yes"]));
-    assert!(err.contains("not a block device") && err.contains("--to-file"), "{err}");
+/// A loop device of `size` bytes holding `HELD`, for a flash that must be refused.
+fn held_card(t: &TestImage, name: &str, size: u64) -> Loop {
+    let backing = t.path(name);
+    pattern_file(&backing, size, HELD);
+    Loop::attach(&backing)
+}
 
-    // Too small.
-    let small = t.path("small.img");
-    pattern_file(&small, 32 * MIB, 0xA5);
-    let small_dev = Loop::attach(&small);
-    let err = failed(&lab.piha(&[
-        "flash",
-        img,
-        "--device",
-        small_dev.dev.to_str().unwrap(),
-        "--node",
-        "cp1",
-        "--yes",
-        "--allow-non-removable",
-    ]));
-    assert!(err.contains("bigger card"), "{err}");
-    assert!(small_dev.read_all().iter().all(|b| *b == 0xA5), "a refused device was written");
+/// `flash IMAGE --device DEV --node NODE EXTRA...`.
+fn flash_device<'a>(img: &'a Path, dev: &'a Path, node: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["flash", img.to_str().unwrap(), "--device", dev.to_str().unwrap(), "--node", node];
+    args.extend_from_slice(extra);
+    args
+}
 
-    // Not removable (a loop device) without --allow-non-removable; every reason listed.
-    let err = failed(&lab.piha(&["flash", img, "--device", small_dev.dev.to_str().unwrap(), "--node", "cp1", "--yes"]));
-    assert!(err.contains("--allow-non-removable") && err.contains("bigger card"), "{err}");
-
-    // Mounted (ext4: this host's kernel has no vfat driver).
-    let fs_file = t.path("fs.img");
-    fs::File::create(&fs_file).unwrap().set_len(80 * MIB).unwrap();
-    let fs_dev = Loop::attach(&fs_file);
-    run(Cmd::new("mkfs.ext4").args(["-q", "-F"]).arg(&fs_dev.dev));
-    let mount = Mount::new(&fs_dev.dev);
-    let before = fs_dev.read_all();
-    let err = failed(&lab.piha(&[
-        "flash",
-        img,
-        "--device",
-        fs_dev.dev.to_str().unwrap(),
-        "--node",
-        "cp1",
-        "--yes",
-        "--allow-non-removable",
-    ]));
+fn assert_nothing_written(bytes: &[u8], size: u64, what: &str) {
+    assert_eq!(bytes.len() as u64, size, "{what} changed size");
     assert!(
-        err.contains("is mounted at") && err.contains(&mount.dir.path().display().to_string()),
+        bytes.iter().all(|b| *b == HELD),
+        "{what} was written although the flash was refused"
+    );
+}
+
+#[test]
+fn a_regular_file_is_refused_as_not_a_block_device() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let plain = t.path("plain");
+    pattern_file(&plain, 80 * MIB, HELD);
+    let err = failed(&lab.piha(&flash_device(&t.img, &plain, "cp1", &["--yes"])));
+    assert!(err.contains("is not a block device") && err.contains("--to-file"), "{err}");
+    assert_nothing_written(&fs::read(&plain).unwrap(), 80 * MIB, "the file");
+}
+
+#[test]
+fn a_device_smaller_than_the_image_is_refused() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let card = held_card(&t, "small.img", 32 * MIB);
+    let err = failed(&lab.piha(&flash_device(&t.img, &card.dev, "cp1", &["--yes", "--allow-non-removable"])));
+    assert!(
+        err.contains(&format!("refusing to write {}; nothing was written", card.dev.display()))
+            && err.contains("is 32.00 MiB but the image needs 64.00 MiB; use a bigger card"),
         "{err}"
     );
+    assert_nothing_written(&card.read_all(), 32 * MIB, "the small device");
+}
+
+#[test]
+fn a_fixed_disk_is_refused_without_allow_non_removable() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    // A loop device is neither removable nor on USB or MMC.
+    let card = held_card(&t, "fixed.img", 80 * MIB);
+    let err = failed(&lab.piha(&flash_device(&t.img, &card.dev, "cp1", &["--yes"])));
     assert!(
-        fs_dev.read_all()[..HEAD as usize] == before[..HEAD as usize],
-        "a mounted device was written"
+        err.contains("is not a removable disk") && err.contains("add --allow-non-removable"),
+        "{err}"
     );
+    assert!(!err.contains("bigger card"), "{err}");
+    assert_nothing_written(&card.read_all(), 80 * MIB, "the fixed disk");
+}
+
+#[test]
+fn every_reason_to_refuse_is_listed_at_once() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let card = held_card(&t, "small.img", 32 * MIB);
+    let err = failed(&lab.piha(&flash_device(&t.img, &card.dev, "cp1", &["--yes"])));
+    assert!(
+        err.contains("is not a removable disk") && err.contains("use a bigger card"),
+        "{err}"
+    );
+    assert_nothing_written(&card.read_all(), 32 * MIB, "the small fixed disk");
+}
+
+/// An ext4 filesystem on `dev` (this host's kernel has no vfat driver),
+/// initialised in full up front so the kernel does not keep writing inode
+/// tables and the journal in the background once it is mounted.
+fn mkfs_ext4(dev: &Path) {
+    run(Cmd::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+        .arg(dev));
+}
+
+#[test]
+fn a_mounted_device_is_refused() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let card = held_card(&t, "fs.img", 80 * MIB);
+    mkfs_ext4(&card.dev);
+    let mount = Mount::new(&card.dev);
+    let before = card.read_all();
+    let err = failed(&lab.piha(&flash_device(&t.img, &card.dev, "cp1", &["--yes", "--allow-non-removable"])));
+    let mount_point = mount.dir.path().display().to_string();
+    assert!(err.contains(&format!("is mounted at {mount_point}; unmount it first")), "{err}");
+    assert_same(&card.read_all(), &before, "the mounted device");
     drop(mount);
-    run(Cmd::new("e2fsck").args(["-fn"]).arg(&fs_dev.dev));
+    run(Cmd::new("e2fsck").args(["-fn"]).arg(&card.dev));
+}
 
-    // The disk the system runs from.
-    let root = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let root_src = root
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some("/"))
-        .and_then(|l| l.split(" - ").nth(1))
-        .and_then(|r| r.split(' ').nth(1))
-        .unwrap()
-        .to_string();
-    if root_src.starts_with("/dev/") {
-        let err = failed(&lab.piha(&[
-            "flash",
-            img,
-            "--device",
-            &root_src,
-            "--node",
-            "cp1",
-            "--yes",
-            "--allow-non-removable",
-        ]));
-        assert!(err.contains("running system"), "{err}");
-    }
+/// The disk the system runs from, made on a loop device: in a private mount
+/// namespace its filesystem is mounted over /boot and piha runs there, so it
+/// sees the loop device as holding /boot. Doing it this way tests the check on
+/// any host, whatever its root filesystem sits on, and a broken check writes a
+/// loop device instead of the host's own disk.
+#[test]
+fn the_disk_the_system_runs_from_is_refused() {
+    assert!(
+        Path::new("/boot").is_dir(),
+        "this test mounts over /boot in a private mount namespace; the host has no /boot"
+    );
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let card = held_card(&t, "boot.img", 80 * MIB);
+    mkfs_ext4(&card.dev);
+    let before = card.read_all();
+    let piha = flash_device(&t.img, &card.dev, "cp1", &["--yes", "--allow-non-removable"]);
+    // Read-only, so the mount itself leaves the device as it was.
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -o ro "$1" /boot && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&card.dev)
+        .arg(env!("CARGO_BIN_EXE_piha"))
+        .arg(piha[0])
+        .arg("--cluster")
+        .arg(lab.cluster())
+        .args(&piha[1..])
+        .output()
+        .unwrap();
+    let err = failed(&out);
+    assert!(
+        err.contains(&format!(
+            "{} holds the running system (/, /boot or /boot/efi live on it); piha never writes the disk it runs from",
+            card.dev.display()
+        )),
+        "{err}"
+    );
+    assert_same(&card.read_all(), &before, "the system's disk");
+}
 
-    // No terminal and no --yes.
-    let free = t.path("free.img");
-    pattern_file(&free, 80 * MIB, 0xA5);
-    let free_dev = Loop::attach(&free);
-    let err = failed(&lab.piha(&[
-        "flash",
-        img,
-        "--device",
-        free_dev.dev.to_str().unwrap(),
-        "--node",
-        "cp1",
-        "--allow-non-removable",
-    ]));
-    assert!(err.contains("no terminal") && err.contains("--yes"), "{err}");
-    // An unknown node.
-    let err = failed(&lab.piha(&[
-        "flash",
-        img,
-        "--device",
-        free_dev.dev.to_str().unwrap(),
-        "--node",
-        "nope",
-        "--yes",
-        "--allow-non-removable",
-    ]));
-    assert!(err.contains("no node named"), "{err}");
-    assert!(free_dev.read_all().iter().all(|b| *b == 0xA5), "a refused device was written");
+#[test]
+fn without_a_terminal_flash_asks_for_yes() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let card = held_card(&t, "free.img", 80 * MIB);
+    // Lab::piha gives piha no stdin, so it has no terminal to ask on.
+    let err = failed(&lab.piha(&flash_device(&t.img, &card.dev, "cp1", &["--allow-non-removable"])));
+    assert!(
+        err.contains("there is no terminal to confirm on; add --yes") && err.contains("Nothing was written"),
+        "{err}"
+    );
+    assert_nothing_written(&card.read_all(), 80 * MIB, "the device");
+}
+
+#[test]
+fn an_unknown_node_is_refused() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let card = held_card(&t, "free.img", 80 * MIB);
+    let err = failed(&lab.piha(&flash_device(&t.img, &card.dev, "nope", &["--yes", "--allow-non-removable"])));
+    assert!(
+        err.contains("there is no node named \"nope\"") && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_nothing_written(&card.read_all(), 80 * MIB, "the device");
 }
 
 /// The card's bytes equal the image everywhere but inside PIHA-CFG, which
@@ -296,9 +377,12 @@ fn assert_image_outside_cfg(got: &[u8], want: &[u8]) {
     assert_same(&got[e..want.len()], &want[e..], "after PIHA-CFG");
 }
 
-fn node_yaml_at(file: &Path, offset: u64) -> String {
+/// The node a card is stamped for: `node.name` of the node.yaml on the
+/// PIHA-CFG at `offset` (every node.yaml names all nodes among its peers).
+fn stamped_node(file: &Path, offset: u64) -> String {
     let spec = format!("{}@@{offset}", file.display());
-    String::from_utf8(run(Cmd::new("mtype").args(["-i", &spec, "::node.yaml"]))).unwrap()
+    let yaml = String::from_utf8(run(Cmd::new("mtype").args(["-i", &spec, "::node.yaml"]))).unwrap();
+    NodeConfig::parse(Path::new("node.yaml"), &yaml).unwrap().node.name
 }
 
 #[test]
@@ -320,18 +404,18 @@ fn cli_flashes_a_loop_device_stamps_it_and_records_it() {
         "--allow-non-removable",
         "--json",
     ]));
-    // stamp prints its own line first; the JSON summary follows.
-    let json = &out[out.find('{').unwrap()..];
-    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    // --json prints the summary and nothing else on stdout.
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["node"], "cp2");
     assert_eq!(v["stamped"], true);
     assert_eq!(v["image_sha256"], sha256_hex(&t.bytes()));
     assert_eq!(v["bytes_written"], t.map().mapped_bytes());
-    assert_eq!(v["mapped_sha256_image"], v["mapped_sha256_device"]);
+    assert_eq!(v["mapped_sha256_image"], mapped_sha256(&t.bytes(), &t.map()));
+    assert_eq!(v["mapped_sha256_device"], mapped_sha256(&t.bytes(), &t.map()));
 
     let got = card.read_all();
     assert_image_outside_cfg(&got, &t.bytes());
-    assert!(node_yaml_at(&card.dev, CFG_START).contains("cp2"));
+    assert_eq!(stamped_node(&card.dev, CFG_START), "cp2");
     // The kernel sees the new partitions, and the stamped one checks clean.
     let sys = Path::new("/sys/class/block").join(card.name());
     assert!(sys.join(format!("{}p2", card.name())).exists(), "partitions not re-read");
@@ -343,11 +427,85 @@ fn cli_flashes_a_loop_device_stamps_it_and_records_it() {
     assert_eq!(ledger.entries[0].device, card.dev.display().to_string());
     assert_eq!(ledger.entries[0].image_sha256, sha256_hex(&t.bytes()));
 
-    // `piha stamp` alone still re-personalises the flashed card.
+    // `piha stamp` alone still re-personalises the flashed card, after
+    // printing which device it is about to write.
     drop(card);
     let card = Loop::attach(&backing);
-    ok(&lab.piha(&["stamp", "--node", "w1", card.dev.to_str().unwrap()]));
-    assert!(node_yaml_at(&card.dev, CFG_START).contains("w1"));
+    let out = lab.piha(&["stamp", "--node", "w1", "--allow-non-removable", card.dev.to_str().unwrap()]);
+    let stdout = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("piha: target {}: ", card.dev.display())) && stderr.contains("serial") && stderr.contains("96.00 MiB"),
+        "{stderr}"
+    );
+    assert!(stdout.starts_with("stamped w1 (worker) onto "), "{stdout}");
+    assert_eq!(stamped_node(&card.dev, CFG_START), "w1");
+}
+
+/// `stamp --node NODE EXTRA... DEV`.
+fn stamp_device<'a>(dev: &'a Path, node: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["stamp", "--node", node];
+    args.extend_from_slice(extra);
+    args.push(dev.to_str().unwrap());
+    args
+}
+
+#[test]
+fn stamp_refuses_a_fixed_disk_without_allow_non_removable() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let card = held_card(&t, "fixed.img", 80 * MIB);
+    let err = failed(&lab.piha(&stamp_device(&card.dev, "cp1", &[])));
+    assert!(
+        err.contains(&format!("refusing to write {}; nothing was written", card.dev.display()))
+            && err.contains("is not a removable disk")
+            && err.contains("add --allow-non-removable"),
+        "{err}"
+    );
+    assert_nothing_written(&card.read_all(), 80 * MIB, "the fixed disk");
+}
+
+#[test]
+fn stamp_refuses_a_mounted_device() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let card = held_card(&t, "fs.img", 80 * MIB);
+    mkfs_ext4(&card.dev);
+    let mount = Mount::new(&card.dev);
+    let before = card.read_all();
+    let err = failed(&lab.piha(&stamp_device(&card.dev, "cp1", &["--allow-non-removable"])));
+    let mount_point = mount.dir.path().display().to_string();
+    assert!(err.contains(&format!("is mounted at {mount_point}; unmount it first")), "{err}");
+    assert_same(&card.read_all(), &before, "the mounted device");
+}
+
+#[test]
+fn stamp_refuses_a_partition() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let backing = t.path("card.img");
+    fs::copy(&t.img, &backing).unwrap();
+    let card = Loop::attach(&backing);
+    run(Cmd::new("partx").arg("-a").arg(&card.dev));
+    let part = PathBuf::from(format!("{}p2", card.dev.display()));
+    let before = card.read_all();
+    let err = failed(&lab.piha(&stamp_device(&part, "cp1", &["--allow-non-removable"])));
+    assert!(err.contains("is a partition; flash the whole disk"), "{err}");
+    assert_same(&card.read_all(), &before, "the card");
+}
+
+#[test]
+fn stamp_refuses_a_truncated_image_and_leaves_it_as_it_was() {
+    let t = TestImage::uncompressed();
+    let lab = Lab::new();
+    let cut = t.path("cut.img");
+    let mut bytes = t.bytes();
+    // The table still names PIHA-CFG, but the file ends inside it.
+    bytes.truncate((CFG_START + CFG_SIZE / 2) as usize);
+    fs::write(&cut, &bytes).unwrap();
+    let err = failed(&lab.piha(&["stamp", "--node", "cp1", cut.to_str().unwrap()]));
+    assert!(err.contains("truncated") || err.contains("beyond the end"), "{err}");
+    assert_same(&fs::read(&cut).unwrap(), &bytes, "the truncated image");
 }
 
 #[test]
@@ -373,13 +531,13 @@ fn cli_to_file_writes_a_sparse_stamped_image() {
         meta.blocks() * 512
     );
     assert_image_outside_cfg(&fs::read(&out).unwrap(), &t.bytes());
-    assert!(node_yaml_at(&out, CFG_START).contains("w1"));
+    assert_eq!(stamped_node(&out, CFG_START), "w1");
     run(Cmd::new("sfdisk").arg("-J").arg(&out));
 }
 
 #[test]
 fn cli_batch_flashes_one_card_per_node_in_cluster_order() {
-    let t = TestImage::new();
+    let t = TestImage::uncompressed();
     let lab = Lab::new();
     let a = t.path("a.img");
     let b = t.path("b.img");
@@ -400,8 +558,8 @@ fn cli_batch_flashes_one_card_per_node_in_cluster_order() {
     let ledger = Ledger::load(&ledger_path(&lab.cluster())).unwrap();
     let nodes: Vec<&str> = ledger.entries.iter().map(|e| e.node.as_str()).collect();
     assert_eq!(nodes, ["cp1", "w1"]);
-    assert!(node_yaml_at(&da.dev, CFG_START).contains("cp1"));
-    assert!(node_yaml_at(&db.dev, CFG_START).contains("w1"));
+    assert_eq!(stamped_node(&da.dev, CFG_START), "cp1");
+    assert_eq!(stamped_node(&db.dev, CFG_START), "w1");
     let err = failed(&lab.piha(&["flash", t.img.to_str().unwrap(), "--all", "--pairs", "nope=/dev/null", "--yes"]));
     assert!(err.contains("\"nope\""), "{err}");
     let err = failed(&lab.piha(&["flash", t.img.to_str().unwrap(), "--all", "--yes"]));

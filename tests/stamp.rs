@@ -1,5 +1,7 @@
 //! `piha stamp` and `piha status` end to end: the real binary on real files,
-//! checked with the real tools (fsck.vfat, mtools, sfdisk).
+//! checked with the real tools (fsck.vfat, mtools, sfdisk). The node.yaml a
+//! card must hold is written out here from tests/stamp/cluster.yaml, not
+//! computed by the code that writes it.
 //!
 //! GPT and MBR disks are made here with gptman and mbrman, laid out like the
 //! images `piha build` writes (ESP or system-boot, PIHA-CFG, root), with every
@@ -11,10 +13,8 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use piha::card::network_renderer;
 use piha::fat::{FatFile, build};
 use piha::partition::{PartitionType, TableKind, read_table, sfdisk_dump};
-use piha_config::cluster::ClusterFile;
 use piha_config::node::NodeConfig;
 use piha_runner::{Cmd, Runner, SystemRunner};
 use sha2::{Digest, Sha256};
@@ -25,7 +25,7 @@ const BASIC_DATA_TYPE: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
 const ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 const AMD64_IMAGE_JSON: &[u8] = br#"{"board": "amd64", "distro": "debian-bookworm", "piha": "0.1.0"}"#;
 
-/// A temporary directory holding the example QEMU cluster and its secrets.
+/// A temporary directory holding tests/stamp/cluster.yaml and its secrets.
 struct Lab {
     dir: tempfile::TempDir,
 }
@@ -33,8 +33,8 @@ struct Lab {
 impl Lab {
     fn new() -> Lab {
         let dir = tempfile::tempdir().unwrap();
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/qemu-lab.yaml");
-        fs::copy(&example, dir.path().join("cluster.yaml")).unwrap();
+        let cluster = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/stamp/cluster.yaml");
+        fs::copy(&cluster, dir.path().join("cluster.yaml")).unwrap();
         let lab = Lab { dir };
         let out = lab.piha(&["init"]);
         assert!(out.status.success(), "piha init failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -64,13 +64,72 @@ impl Lab {
     fn stamp(&self, node: &str, target: &Path) -> Output {
         self.piha(&["stamp", "--node", node, target.to_str().unwrap()])
     }
+}
 
-    fn expected_node_yaml(&self, node: &str) -> String {
-        let cluster = ClusterFile::load(&self.cluster_path()).unwrap();
-        NodeConfig::for_node(&cluster, node, network_renderer(&cluster.distro).unwrap())
-            .unwrap()
-            .to_yaml()
-    }
+/// The node.yaml `piha stamp` writes for `node` of tests/stamp/cluster.yaml,
+/// field by field from that file. `renderer` is the network renderer of the
+/// image's distro: networkd for Debian, netplan for Ubuntu.
+fn expected_node_yaml(node: &str, renderer: &str) -> String {
+    // (role, runs kubeadm init, ip, interface, mac) from `nodes:`.
+    let (role, init, ip, interface, mac) = match node {
+        "lb1" => ("director", false, "10.0.2.10", "null", "null"),
+        "cp1" => ("control-plane", true, "10.0.2.11", "null", "null"),
+        "cp2" => ("control-plane", false, "10.0.2.12", "null", "null"),
+        "cp3" => ("control-plane", false, "10.0.2.13", "null", "52:54:00:12:34:13"),
+        "w1" => ("worker", false, "10.0.2.21", "enp0s2", "null"),
+        _ => panic!("{node} is not a node of tests/stamp/cluster.yaml"),
+    };
+    format!(
+        "\
+# piha node identity for {node}. Written by `piha stamp`; edit with care, `piha-agent` validates it.
+schema: 1
+node:
+  name: {node}
+  role: {role}
+  init: {init}
+  board: amd64
+  address: {ip}/24
+  gateway: 10.0.2.2
+  dns:
+  - 10.0.2.3
+  - 10.0.2.4
+  domain: lab.test
+  ntp:
+  - 10.0.2.2
+  interface: {interface}
+  mac: {mac}
+cluster:
+  name: qemu-lab
+  kubernetes_version: 1.34.1
+  runtime: containerd
+  proxy_mode: nftables
+  vip: 10.0.2.100
+  api_port: 6443
+  pod_subnet: 10.244.0.0/16
+  service_subnet: 10.96.0.0/12
+  vrrp_router_id: 52
+  network_renderer: {renderer}
+  key_algorithm: ecdsa-p256
+peers:
+- name: lb1
+  ip: 10.0.2.10
+  role: director
+- name: cp1
+  ip: 10.0.2.11
+  role: control-plane
+- name: cp2
+  ip: 10.0.2.12
+  role: control-plane
+- name: cp3
+  ip: 10.0.2.13
+  role: control-plane
+- name: w1
+  ip: 10.0.2.21
+  role: worker
+ssh_authorized_keys:
+- ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOZxurD8U1Lk/PGlDFJlnQTHb0FZEjo026lcX1Oktx3Q tester@piha
+"
+    )
 }
 
 fn piha_status(args: &[&str]) -> Output {
@@ -121,6 +180,24 @@ fn mtools_files(spec: &str) -> Vec<(String, Vec<u8>)> {
             (path, contents)
         })
         .collect()
+}
+
+/// The paths in an `mtools_files` listing, sorted.
+fn file_names(files: &[(String, Vec<u8>)]) -> Vec<&str> {
+    let mut names: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    names.sort_unstable();
+    names
+}
+
+/// The paths a card holds with `secrets` (relative to `secrets/`), sorted.
+fn card_files(secrets: &[&str], image_json: bool) -> Vec<String> {
+    let mut names = vec!["README.txt".to_string(), "node.yaml".to_string()];
+    names.extend(secrets.iter().map(|rel| format!("secrets/{rel}")));
+    if image_json {
+        names.push("image.json".to_string());
+    }
+    names.sort_unstable();
+    names
 }
 
 fn mtools_file(files: &[(String, Vec<u8>)], path: &str) -> Option<Vec<u8>> {
@@ -291,7 +368,7 @@ fn cross_check_with_sfdisk(img: &Path, gpt: bool) {
     let theirs = sfdisk_dump(&SystemRunner, img).unwrap();
     let ours = read_table(&mut fs::File::open(img).unwrap(), 512).unwrap();
     assert_eq!(theirs.label, if gpt { "gpt" } else { "dos" });
-    assert_eq!(ours.kind, if gpt { TableKind::Gpt } else { TableKind::Mbr });
+    assert_eq!(ours.kind, Some(if gpt { TableKind::Gpt } else { TableKind::Mbr }));
     assert_eq!(theirs.partitions.len(), ours.partitions.len());
     for (t, o) in theirs.partitions.iter().zip(&ours.partitions) {
         assert_eq!(t.start * 512, o.start, "{}", t.node);
@@ -307,66 +384,73 @@ fn cross_check_with_sfdisk(img: &Path, gpt: bool) {
     }
 }
 
+/// The secrets each role's card carries, under `secrets/` on the card and in
+/// the secrets directory alike: control planes get the cluster CAs, the
+/// service-account key pair, the token and the CA hash; workers only the token
+/// and the hash; directors nothing.
+const CONTROL_PLANE_SECRETS: [&str; 10] = [
+    "bootstrap-token",
+    "ca-cert-hash",
+    "pki/ca.crt",
+    "pki/ca.key",
+    "pki/etcd/ca.crt",
+    "pki/etcd/ca.key",
+    "pki/front-proxy-ca.crt",
+    "pki/front-proxy-ca.key",
+    "pki/sa.key",
+    "pki/sa.pub",
+];
+const WORKER_SECRETS: [&str; 2] = ["bootstrap-token", "ca-cert-hash"];
+
 #[test]
 fn partition_images_hold_what_each_role_needs() {
     let lab = Lab::new();
     let secrets = lab.path("secrets");
-    for node in ["cp1", "w1", "lb1"] {
+    for (node, role, wanted) in [
+        ("cp1", "control-plane", &CONTROL_PLANE_SECRETS[..]),
+        ("w1", "worker", &WORKER_SECRETS[..]),
+        ("lb1", "director", &[][..]),
+    ] {
         let img = lab.path(&format!("{node}.img"));
         let out = ok(&lab.piha(&["stamp", "--node", node, "--partition-image", img.to_str().unwrap()]));
-        assert!(out.starts_with(&format!("stamped {node} (")) && out.contains("sha256 "), "{out}");
+        assert!(out.starts_with(&format!("stamped {node} ({role})")), "{out}");
         let bytes = fs::read(&img).unwrap();
         assert_eq!(bytes.len() as u64, 16 * MIB);
-        assert!(out.contains(&sha(&bytes)), "summary names the partition's sha256: {out}");
+        assert!(
+            out.contains(&format!("sha256 {}", sha(&bytes))),
+            "summary names the partition's sha256: {out}"
+        );
         fsck(&img, 0, 16 * MIB);
         let files = mtools_files(&spec(&img, 0));
 
-        let yaml = String::from_utf8(mtools_file(&files, "node.yaml").expect("node.yaml")).unwrap();
-        assert_eq!(yaml, lab.expected_node_yaml(node));
-        let cfg = NodeConfig::parse(Path::new("node.yaml"), &yaml).unwrap();
-        assert_eq!(cfg.node.name, node);
-        assert!(mtools_file(&files, "README.txt").is_some());
+        assert_eq!(file_names(&files), card_files(wanted, false), "the files on {node}'s card");
 
-        let secret_paths: Vec<&str> = files
-            .iter()
-            .map(|(p, _)| p.as_str())
-            .filter(|p| p.starts_with("secrets/"))
-            .collect();
-        match node {
-            "cp1" => {
-                let key = mtools_file(&files, "secrets/pki/ca.key").expect("control plane gets the CA key");
-                assert_eq!(key, fs::read(secrets.join("pki/ca.key")).unwrap());
-                for rel in [
-                    "pki/etcd/ca.key",
-                    "pki/front-proxy-ca.key",
-                    "pki/sa.key",
-                    "pki/sa.pub",
-                    "bootstrap-token",
-                    "ca-cert-hash",
-                ] {
-                    assert!(
-                        secret_paths.contains(&format!("secrets/{rel}").as_str()),
-                        "cp1 lacks {rel}: {secret_paths:?}"
-                    );
-                }
-            }
-            "w1" => {
-                assert_eq!(secret_paths, ["secrets/bootstrap-token", "secrets/ca-cert-hash"]);
-                for (path, contents) in &files {
-                    assert!(
-                        !String::from_utf8_lossy(contents).contains("PRIVATE KEY"),
-                        "worker card holds a private key in {path}"
-                    );
-                }
-                assert_eq!(
-                    mtools_file(&files, "secrets/bootstrap-token").unwrap(),
-                    fs::read(secrets.join("bootstrap-token")).unwrap()
+        let yaml = String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap();
+        assert_eq!(yaml, expected_node_yaml(node, "networkd"));
+        // The agent's own reader accepts it.
+        NodeConfig::parse(Path::new("node.yaml"), &yaml).unwrap();
+        let readme = String::from_utf8(mtools_file(&files, "README.txt").unwrap()).unwrap();
+        assert!(
+            readme.starts_with(&format!(
+                "PIHA-CFG: the identity of Kubernetes node {node} ({role}) of cluster qemu-lab.\r\n"
+            )),
+            "{readme}"
+        );
+
+        for rel in wanted {
+            assert_eq!(
+                mtools_file(&files, &format!("secrets/{rel}")).unwrap(),
+                fs::read(secrets.join(rel)).unwrap(),
+                "secrets/{rel} on {node}'s card differs from the secrets directory"
+            );
+        }
+        if role != "control-plane" {
+            for (path, contents) in &files {
+                assert!(
+                    !String::from_utf8_lossy(contents).contains("PRIVATE KEY"),
+                    "{role} card holds a private key in {path}"
                 );
             }
-            _ => assert!(
-                secret_paths.is_empty() && !files.iter().any(|(p, _)| p.starts_with("secrets")),
-                "director got {secret_paths:?}"
-            ),
         }
         // A card that never booted says so.
         let status = ok(&piha_status(&[img.to_str().unwrap()]));
@@ -395,7 +479,7 @@ fn stamping_a_gpt_image_changes_only_piha_cfg() {
     let files = mtools_files(&spec(&img, start));
     assert_eq!(
         String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap(),
-        lab.expected_node_yaml("cp2")
+        expected_node_yaml("cp2", "networkd")
     );
     assert_eq!(
         mtools_file(&files, "image.json").as_deref(),
@@ -428,7 +512,7 @@ fn stamping_an_mbr_image_changes_only_piha_cfg() {
     let files = mtools_files(&spec(&img, start));
     assert_eq!(
         String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap(),
-        lab.expected_node_yaml("w1")
+        expected_node_yaml("w1", "networkd")
     );
     for (path, contents) in &files {
         assert!(
@@ -444,11 +528,36 @@ fn a_fresh_unformatted_piha_cfg_partition_is_stamped() {
     let img = lab.path("fresh.img");
     let placed = make_disk(&img, &uefi_layout(Vec::new()), true);
     let (start, size) = placed[1];
+    let before = fs::read(&img).unwrap();
     ok(&lab.stamp("lb1", &img));
+    assert_only_region_changed(&before, &fs::read(&img).unwrap(), start, size);
     fsck(&img, start, size);
     let files = mtools_files(&spec(&img, start));
-    assert!(mtools_file(&files, "image.json").is_none());
-    assert!(!files.iter().any(|(p, _)| p.starts_with("secrets")));
+    assert_eq!(
+        file_names(&files),
+        ["README.txt", "node.yaml"],
+        "a director gets no secrets, and there was no image.json to keep"
+    );
+    assert_eq!(
+        String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap(),
+        expected_node_yaml("lb1", "networkd")
+    );
+}
+
+#[test]
+fn node_yaml_names_the_network_renderer_of_the_image_distro() {
+    let lab = Lab::new();
+    let img = lab.path("noble.img");
+    let image_json: &[u8] = br#"{"board": "amd64", "distro": "ubuntu-noble"}"#;
+    let placed = make_disk(&img, &uefi_layout(piha_cfg(image_json)), true);
+    ok(&lab.stamp("cp2", &img));
+    let files = mtools_files(&spec(&img, placed[1].0));
+    // The cluster file says Debian (networkd), the image is Ubuntu: the image wins.
+    assert_eq!(
+        String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap(),
+        expected_node_yaml("cp2", "netplan")
+    );
+    assert_eq!(mtools_file(&files, "image.json").as_deref(), Some(image_json));
 }
 
 #[test]
@@ -462,7 +571,11 @@ fn unknown_node_writes_nothing() {
     assert_eq!(sha(&fs::read(&img).unwrap()), before);
 
     let bare = lab.path("cp9.img");
-    failed(&lab.piha(&["stamp", "--node", "cp9", "--partition-image", bare.to_str().unwrap()]));
+    let err = failed(&lab.piha(&["stamp", "--node", "cp9", "--partition-image", bare.to_str().unwrap()]));
+    assert!(
+        err.contains("no node named \"cp9\"") && err.contains("nothing was written"),
+        "{err}"
+    );
     assert!(!bare.exists());
 }
 
@@ -502,19 +615,23 @@ fn restamping_changes_the_identity() {
     let img = lab.path("amd64.img");
     let placed = make_disk(&img, &uefi_layout(piha_cfg(AMD64_IMAGE_JSON)), true);
     let (start, size) = placed[1];
-    ok(&lab.stamp("w1", &img));
-    let first = mtools_files(&spec(&img, start));
-    ok(&lab.stamp("cp3", &img));
-    fsck(&img, start, size);
-    let second = mtools_files(&spec(&img, start));
-    let (a, b) = (
-        mtools_file(&first, "node.yaml").unwrap(),
-        mtools_file(&second, "node.yaml").unwrap(),
-    );
-    assert_ne!(a, b);
-    assert_eq!(String::from_utf8(b).unwrap(), lab.expected_node_yaml("cp3"));
-    assert!(mtools_file(&second, "secrets/pki/ca.key").is_some());
-    assert_eq!(mtools_file(&second, "image.json").as_deref(), Some(AMD64_IMAGE_JSON));
+    // Worker, then control plane, then worker again: each stamp replaces the
+    // whole card, so the control plane's keys leave with its identity.
+    for (node, secrets) in [
+        ("w1", &WORKER_SECRETS[..]),
+        ("cp3", &CONTROL_PLANE_SECRETS[..]),
+        ("w1", &WORKER_SECRETS[..]),
+    ] {
+        ok(&lab.stamp(node, &img));
+        fsck(&img, start, size);
+        let files = mtools_files(&spec(&img, start));
+        assert_eq!(file_names(&files), card_files(secrets, true), "after stamping {node}");
+        assert_eq!(
+            String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap(),
+            expected_node_yaml(node, "networkd")
+        );
+        assert_eq!(mtools_file(&files, "image.json").as_deref(), Some(AMD64_IMAGE_JSON));
+    }
 }
 
 const STATUS_JSON: &str = r#"{

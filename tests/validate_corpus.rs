@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The issue asks for at least 30 bad files; fewer means some went missing.
+/// The corpus holds at least 30 bad files; fewer means some went missing.
 const MIN_CORPUS: usize = 32;
 
 fn root() -> PathBuf {

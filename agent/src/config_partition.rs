@@ -9,8 +9,8 @@ use piha_config::node::{CONFIG_LABEL, NodeConfig};
 use piha_config::render::JoinSecrets;
 use piha_config::secrets::{BOOTSTRAP_TOKEN, CA_CERT_HASH, CARD_DIR, SecretFile};
 
-use crate::atomic;
 use crate::paths::Paths;
+use piha_atomic as atomic;
 
 /// How `piha stamp` is run, for fixes in messages.
 const STAMP_HINT: &str = "piha stamp --cluster CLUSTER.yaml --node NAME TARGET";

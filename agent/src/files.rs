@@ -5,8 +5,8 @@
 use anyhow::Context;
 use piha_config::render::RenderedFile;
 
-use crate::atomic::{self, Perm};
 use crate::paths::Paths;
+use piha_atomic::{self as atomic, Perm};
 
 /// Writes `files` under the root; returns the node paths that changed.
 pub fn apply(paths: &Paths, files: &[RenderedFile]) -> anyhow::Result<Vec<String>> {
@@ -40,8 +40,8 @@ mod tests {
     use piha_config::render::RenderedFile;
 
     use super::apply;
-    use crate::atomic::running_as_root;
     use crate::paths::Paths;
+    use piha_atomic::running_as_root;
 
     #[test]
     fn writes_with_modes_and_owners_and_reports_changes() {

@@ -1,12 +1,11 @@
 //! piha-agent: runs on every boot of a piha node (piha-agent.service) and
 //! turns the identity stamped on its PIHA-CFG partition into a Kubernetes
 //! node: identity, host preparation, container runtime, kubeadm init/join or
-//! keepalived, then it scrubs the secrets from the card. See DESIGN.md,
-//! "The first-boot agent".
+//! keepalived, then it scrubs the secrets from the card. Every step is
+//! idempotent and recorded, so a power cut at any point resumes on the next boot.
 
 mod agent;
 mod api_wait;
-mod atomic;
 mod cli;
 mod config_partition;
 mod cpu;

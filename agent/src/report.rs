@@ -10,9 +10,9 @@ use piha_config::node::NodeConfig;
 use piha_config::status::{Outcome, Phase, Status, StepRecord};
 use piha_runner::RunError;
 
-use crate::atomic;
 use crate::cpu;
 use crate::paths::Paths;
+use piha_atomic as atomic;
 
 /// The status.json format version this agent writes.
 pub const STATUS_SCHEMA: u32 = 1;

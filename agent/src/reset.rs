@@ -4,10 +4,10 @@
 //! `kubeadm reset -f` before init/join, which needs the secrets on the card
 //! again (re-stamp it; they are removed once a node is done).
 
-use crate::atomic;
 use crate::cli::ResetOpts;
 use crate::paths::{DEFAULT_CONFIG_DIR, Paths};
 use crate::state::State;
+use piha_atomic as atomic;
 
 pub fn run(opts: &ResetOpts) -> anyhow::Result<()> {
     // Only the root matters here; state.json lives on the node, not the card.

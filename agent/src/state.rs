@@ -12,7 +12,7 @@ use piha_config::cluster::Role;
 use piha_config::node::NodeConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::{self, Perm};
+use piha_atomic::{self as atomic, Perm};
 
 /// Bumped when an older agent would misread the file.
 pub const SCHEMA: u32 = 1;

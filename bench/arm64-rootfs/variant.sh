@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds one Debian bookworm arm64 root filesystem with mmdebstrap under
 # qemu-user and records how long each phase took, so variants of the recipe
-# can be compared (issue 5). Not part of the pipeline: the recipe that wins is
+# can be compared. Not part of the pipeline: the recipe that wins is
 # written up in ../../scripts/arm64-rootfs-recipe.md.
 #
 # Usage: variant.sh NAME [KNOB=1 ...]

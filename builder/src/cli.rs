@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "piha", version, about = "Build, stamp and flash Kubernetes appliance images for Raspberry Pi, arm64 and amd64 clusters")]
+#[command(
+    name = "piha",
+    version,
+    about = "Build, stamp and flash Kubernetes appliance images for Raspberry Pi, arm64 and amd64 clusters"
+)]
 #[command(help_expected = true, propagate_version = true)]
 pub struct Cli {
     /// More log output (-v info, -vv debug).
@@ -57,7 +61,11 @@ impl ClusterArgs {
     pub fn secrets_dir(&self) -> PathBuf {
         match &self.secrets {
             Some(s) => s.clone(),
-            None => self.cluster.parent().map(|p| p.join("secrets")).unwrap_or_else(|| PathBuf::from("secrets")),
+            None => self
+                .cluster
+                .parent()
+                .map(|p| p.join("secrets"))
+                .unwrap_or_else(|| PathBuf::from("secrets")),
         }
     }
 }
@@ -111,6 +119,9 @@ pub struct StampOpts {
     /// Instead of a card, write a bare PIHA-CFG FAT filesystem image to this file.
     #[arg(long)]
     pub partition_image: Option<PathBuf>,
+    /// Allow a block device that is neither removable nor on USB/MMC (an internal disk, a loop device).
+    #[arg(long)]
+    pub allow_non_removable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -164,7 +175,10 @@ pub struct DevicePair {
 
 fn parse_device_pair(s: &str) -> Result<DevicePair, String> {
     match s.split_once('=') {
-        Some((node, device)) if !node.is_empty() && !device.is_empty() => Ok(DevicePair { node: node.to_string(), device: PathBuf::from(device) }),
+        Some((node, device)) if !node.is_empty() && !device.is_empty() => Ok(DevicePair {
+            node: node.to_string(),
+            device: PathBuf::from(device),
+        }),
         _ => Err(format!("{s:?} is not NODE=DEVICE (e.g. cp1=/dev/sdb)")),
     }
 }

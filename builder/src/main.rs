@@ -5,22 +5,23 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use piha::cli::{Cli, Command};
+use piha::commands;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     piha::logging::init(cli.verbose);
     let result = match cli.command {
-        Command::Init(o) => piha::init::run(&o),
-        Command::RotateSecrets(o) => piha::init::rotate(&o),
-        Command::Validate(o) => piha::validate::run(&o),
-        Command::Render(o) => piha::render::run(&o),
-        Command::Stamp(o) => piha::stamp::run(&o),
+        Command::Init(o) => commands::init::run(&o),
+        Command::RotateSecrets(o) => commands::init::rotate(&o),
+        Command::Validate(o) => commands::validate::run(&o),
+        Command::Render(o) => commands::render::run(&o),
+        Command::Stamp(o) => commands::stamp::run(&o),
         Command::Build(o) => piha::build::run(&o),
-        Command::Flash(o) => piha::flash::run(&o),
-        Command::Doctor(o) => piha::doctor::run(&o),
-        Command::Status(o) => piha::status::run(&o),
-        Command::Completions(o) => piha::docs::completions(&o),
-        Command::Man(o) => piha::docs::man(&o),
+        Command::Flash(o) => commands::flash::run(&o),
+        Command::Doctor(o) => commands::doctor::run(&o),
+        Command::Status(o) => commands::status::run(&o),
+        Command::Completions(o) => commands::docs::completions(&o),
+        Command::Man(o) => commands::docs::man(&o),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

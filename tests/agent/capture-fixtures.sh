@@ -9,7 +9,7 @@
 #                on a director: wrr, three control planes by direct routing.
 #                Needs the ip_vs kernel module; where it is missing (this
 #                workplace's containers) the existing file is kept: it is the
-#                output recorded on a real director in seed 004.
+#                output recorded on a real LVS-DR director with three control planes.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 

@@ -12,9 +12,9 @@ use piha_config::render::{self, CHRONY_SOURCES, SYSCTL_FILE, host_prep};
 use piha_runner::Cmd;
 
 use super::Env;
-use crate::atomic::{self, Perm};
 use crate::files;
 use crate::paths::Paths;
+use piha_atomic::{self as atomic, Perm};
 
 /// zram-generator's own config; an empty file in /etc turns zram swap off.
 const ZRAM_GENERATOR: &str = "/usr/lib/systemd/system-generators/zram-generator";

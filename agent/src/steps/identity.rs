@@ -95,8 +95,8 @@ mod tests {
     use piha_config::status::Phase;
 
     use crate::agent::Ending;
-    use crate::atomic::running_as_root;
     use crate::testing::{Scratch, node, stamp};
+    use piha_atomic::running_as_root;
 
     #[test]
     fn writes_identity_files_with_modes_and_reloads_the_network() {

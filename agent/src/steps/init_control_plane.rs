@@ -10,8 +10,7 @@
 //! back to this node, which (without the VIP) drops them: init would hang
 //! until it times out. So kubeadm runs on a thread while this thread waits for
 //! the local API server (127.0.0.1:port) and starts the realServer as soon as
-//! it answers — "once the local API server answers", as DESIGN.md says, and
-//! before kubeadm needs the VIP. Unlike a joining control plane, nothing else
+//! it answers, before kubeadm needs the VIP. Unlike a joining control plane, nothing else
 //! can be behind the VIP yet, so there is no one to "talk to itself" instead.
 
 use std::net::{Ipv4Addr, SocketAddrV4};

@@ -2,7 +2,7 @@
 //! API at VIP:port, `kubeadm join` with the control-plane config, and only
 //! then bring up the realServer VIP on lo.
 //!
-//! The order matters (seed 004's pitfall): with the VIP on lo before the
+//! The order matters: with the VIP on lo before the
 //! join, this node's own requests to VIP:port would be delivered locally, to
 //! an API server that does not exist yet, and the join would time out.
 

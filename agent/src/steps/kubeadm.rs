@@ -26,11 +26,11 @@ use piha_runner::Cmd;
 
 use super::Env;
 use crate::api_wait::wait_for_api;
-use crate::atomic::{self, Perm};
 use crate::config_partition;
 use crate::files;
 use crate::paths::{ADMIN_CONF, KUBERNETES_DIR, PKI_DIR};
 use crate::state::Store;
+use piha_atomic::{self as atomic, Perm};
 
 pub const STARTED: &str = "kubeadm-started";
 pub const DONE: &str = "kubeadm-done";

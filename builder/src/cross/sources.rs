@@ -1,7 +1,7 @@
 //! The part of the checkout the agent is built from: hashed for the binary
 //! cache key and copied into a build root.
 //!
-//! The set is the workspace manifest and lock, the three crates the agent is
+//! The set is the workspace manifest and lock, the four crates the agent is
 //! made of, `overlays/` (piha-config `include_str!`s its templates from
 //! `overlays/templates/`), and the builder's manifest alone: cargo must load
 //! every workspace member's manifest, but never builds the builder here.
@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 /// Whole files, relative to the workspace root.
 const FILES: &[&str] = &["Cargo.toml", "Cargo.lock", "builder/Cargo.toml"];
 /// Whole directory trees, relative to the workspace root.
-const TREES: &[&str] = &["agent", "config", "runner", "overlays"];
+const TREES: &[&str] = &["agent", "atomic", "config", "runner", "overlays"];
 
 /// Every file of the source set, relative to `workspace`, sorted.
 pub fn list(workspace: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -155,6 +155,7 @@ mod tests {
             "agent/src/main.rs",
             "config/src/lib.rs",
             "runner/src/lib.rs",
+            "atomic/src/lib.rs",
         ] {
             let p = root.join(f);
             fs::create_dir_all(p.parent().unwrap()).unwrap();

@@ -10,13 +10,18 @@ use piha_config::validate::Catalog;
 pub fn data_dir() -> PathBuf {
     match std::env::var_os("PIHA_DATA_DIR") {
         Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("builder/ has a parent").to_path_buf(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("builder/ has a parent")
+            .to_path_buf(),
     }
 }
 
 fn yaml_names(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {} (set PIHA_DATA_DIR to piha's data directory)", dir.display()))? {
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("reading {} (set PIHA_DATA_DIR to piha's data directory)", dir.display()))?
+    {
         let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
         if path.extension().is_some_and(|e| e == "yaml") {
             if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
@@ -31,5 +36,8 @@ fn yaml_names(dir: &Path) -> anyhow::Result<Vec<String>> {
 /// The names of every board and distro file.
 pub fn catalog() -> anyhow::Result<Catalog> {
     let root = data_dir();
-    Ok(Catalog { boards: yaml_names(&root.join("boards"))?, distros: yaml_names(&root.join("distros"))? })
+    Ok(Catalog {
+        boards: yaml_names(&root.join("boards"))?,
+        distros: yaml_names(&root.join("distros"))?,
+    })
 }

@@ -27,6 +27,8 @@ pub fn man(opts: &ManOpts) -> anyhow::Result<()> {
 fn write_page(dir: &Path, name: &'static str, cmd: clap::Command) -> anyhow::Result<()> {
     let path = dir.join(format!("{name}.1"));
     let mut buf = Vec::new();
-    clap_mangen::Man::new(cmd.name(name)).render(&mut buf).context("rendering man page")?;
+    clap_mangen::Man::new(cmd.name(name))
+        .render(&mut buf)
+        .context("rendering man page")?;
     std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))
 }

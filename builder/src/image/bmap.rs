@@ -224,7 +224,7 @@ impl Bmap {
 
     /// Writes the XML to `path`.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        std::fs::write(path, self.to_xml()).with_context(|| format!("writing bmap {}", path.display()))
+        piha_atomic::write(path, self.to_xml().as_bytes(), None).with_context(|| format!("writing bmap {}", path.display()))
     }
 
     /// The file text, laid out as `bmaptool create` lays it out, with the file checksum filled in.

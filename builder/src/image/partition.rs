@@ -14,17 +14,19 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use piha_config::node::CONFIG_LABEL;
 use piha_runner::{Cmd, RunError, Runner};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::fat;
 
-/// Which kind of table the disk has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kind of partition table: what a board file asks for, what assembly
+/// writes, and what reading a disk finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TableKind {
+    /// UEFI boards: protective MBR + GPT.
     Gpt,
+    /// DOS/MBR: what the Raspberry Pi boot ROM reads.
     Mbr,
-    /// No table: the whole file is one FAT filesystem.
-    Bare,
 }
 
 /// What the table says a partition is.
@@ -48,7 +50,8 @@ pub struct Partition {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
-    pub kind: TableKind,
+    /// None: no table, the whole file is one FAT filesystem.
+    pub kind: Option<TableKind>,
     pub sector_size: u64,
     /// Size of the whole disk or image in bytes.
     pub disk_size: u64,
@@ -102,7 +105,7 @@ pub fn read_table<F: Read + Seek>(f: &mut F, sector_size: u64) -> anyhow::Result
         .context("reading the first sector (is the file smaller than 512 bytes?)")?;
     if looks_like_fat(&sector0) {
         return Ok(Table {
-            kind: TableKind::Bare,
+            kind: None,
             sector_size,
             disk_size,
             partitions: Vec::new(),
@@ -133,7 +136,7 @@ pub fn read_table<F: Read + Seek>(f: &mut F, sector_size: u64) -> anyhow::Result
             })
             .collect();
         return Ok(Table {
-            kind: TableKind::Gpt,
+            kind: Some(TableKind::Gpt),
             sector_size: ss,
             disk_size,
             partitions,
@@ -152,7 +155,7 @@ pub fn read_table<F: Read + Seek>(f: &mut F, sector_size: u64) -> anyhow::Result
         })
         .collect();
     Ok(Table {
-        kind: TableKind::Mbr,
+        kind: Some(TableKind::Mbr),
         sector_size,
         disk_size,
         partitions,
@@ -177,7 +180,7 @@ pub fn fat_label_at<F: Read + Seek>(f: &mut F, start: u64, size: u64) -> Option<
 /// labelled PIHA-CFG; on a bare filesystem, the file itself if so labelled.
 /// Anything but exactly one is an error that lists what is there.
 pub fn find_config<F: Read + Seek>(f: &mut F, table: &Table, what: &Path) -> anyhow::Result<ConfigPartition> {
-    if table.kind == TableKind::Bare {
+    if table.kind.is_none() {
         return match fat_label_at(f, 0, table.disk_size) {
             Some(l) if l == CONFIG_LABEL => Ok(ConfigPartition {
                 number: None,
@@ -192,7 +195,7 @@ pub fn find_config<F: Read + Seek>(f: &mut F, table: &Table, what: &Path) -> any
             ),
         };
     }
-    if table.kind == TableKind::Gpt {
+    if table.kind == Some(TableKind::Gpt) {
         let named: Vec<&Partition> = table
             .partitions
             .iter()
@@ -248,11 +251,11 @@ fn numbers(ps: &[&Partition]) -> String {
     ps.iter().map(|p| format!("partition {}", p.number)).collect::<Vec<_>>().join(", ")
 }
 
-fn kind_name(k: TableKind) -> &'static str {
+fn kind_name(k: Option<TableKind>) -> &'static str {
     match k {
-        TableKind::Gpt => "GPT",
-        TableKind::Mbr => "MBR",
-        TableKind::Bare => "no",
+        Some(TableKind::Gpt) => "GPT",
+        Some(TableKind::Mbr) => "MBR",
+        None => "no",
     }
 }
 
@@ -360,7 +363,7 @@ mod tests {
     use std::io::Cursor;
     use std::path::Path;
 
-    use super::{SfdiskDump, TableKind, find_config, human, read_table};
+    use super::{SfdiskDump, find_config, human, read_table};
     use crate::fat::{FatFile, build};
 
     fn fixture(name: &str) -> String {
@@ -388,7 +391,7 @@ mod tests {
         let img = build("PIHA-CFG", 1 << 20, None, &[FatFile::new("a", b"b".to_vec())]).unwrap();
         let mut c = Cursor::new(img);
         let t = read_table(&mut c, 512).unwrap();
-        assert_eq!(t.kind, TableKind::Bare);
+        assert_eq!(t.kind, None);
         let found = find_config(&mut c, &t, Path::new("x.img")).unwrap();
         assert_eq!((found.number, found.start, found.size), (None, 0, 1 << 20));
 

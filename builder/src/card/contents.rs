@@ -4,52 +4,20 @@
 
 use std::path::Path;
 
+use crate::card::secrets::Secrets;
+use crate::card::stamp::{FoundImage, Identity};
+use crate::image::fat::FatFile;
+use crate::image::info::{IMAGE_INFO_FILE, ImageInfo};
+use crate::inputs::distro;
 use anyhow::{Context, bail};
 use piha_config::cluster::{ClusterFile, Role};
 use piha_config::node::{NODE_FILE, NetworkRenderer, NodeConfig};
 use piha_config::secrets;
-use serde::Deserialize;
 
-use crate::fat::FatFile;
-use crate::secrets_dir::Secrets;
-
-/// Written by `piha build` onto the empty PIHA-CFG of an image: which board and
-/// distro the image is for. `piha stamp` keeps it and refuses a node whose
-/// board differs.
-pub const IMAGE_INFO_FILE: &str = "image.json";
 /// For the human who mounts the card on a laptop.
 pub const README_FILE: &str = "README.txt";
 /// Size of a bare PIHA-CFG image, and of the partition in every board layout.
 pub const PARTITION_SIZE: u64 = 16 << 20;
-
-/// The fields of `image.json` piha reads; the rest is kept byte for byte.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageInfo {
-    pub board: Option<String>,
-    pub distro: Option<String>,
-    /// The file as found, written back unchanged.
-    pub raw: Vec<u8>,
-}
-
-#[derive(Deserialize)]
-struct ImageInfoFields {
-    #[serde(default)]
-    board: Option<String>,
-    #[serde(default)]
-    distro: Option<String>,
-}
-
-impl ImageInfo {
-    pub fn parse(raw: Vec<u8>) -> anyhow::Result<ImageInfo> {
-        let f: ImageInfoFields = serde_json::from_slice(&raw)
-            .with_context(|| format!("{IMAGE_INFO_FILE} on PIHA-CFG is not valid JSON; rebuild the image with `piha build`"))?;
-        Ok(ImageInfo {
-            board: f.board,
-            distro: f.distro,
-            raw,
-        })
-    }
-}
 
 /// Everything for one node's card, ready to become a FAT filesystem.
 #[derive(Debug, Clone)]
@@ -71,7 +39,7 @@ impl Card {
 /// Which network configuration a distro's userland uses, from its file in
 /// `distros/` (`network_renderer:`), the same data the image was built from.
 pub fn network_renderer(distro: &str) -> anyhow::Result<NetworkRenderer> {
-    crate::distro::network_renderer(distro).with_context(|| format!("finding the network renderer of distro {distro:?}"))
+    distro::network_renderer(distro).with_context(|| format!("finding the network renderer of distro {distro:?}"))
 }
 
 /// The node's `node.yaml` content, or an error naming every known node.
@@ -124,7 +92,7 @@ pub fn secret_files(role: Role, cluster: &ClusterFile, cluster_path: &Path, secr
 /// Refuses to put a node on an image built for another board.
 pub fn check_image(node: &NodeConfig, image: &ImageInfo, target: &Path) -> anyhow::Result<()> {
     match &image.board {
-        Some(b) if *b != node.node.board => bail!(
+        b if *b != node.node.board => bail!(
             "{} holds an image for board {b:?}, but node {} is a {:?}; nothing was written. Build and flash the {} image (`piha build --board {}`) for this node",
             target.display(),
             node.node.name,
@@ -139,20 +107,13 @@ pub fn check_image(node: &NodeConfig, image: &ImageInfo, target: &Path) -> anyho
 /// Assembles the card for `node_name`: node.yaml rendered for the image's
 /// distro (the cluster's when the image does not say), the role's secrets,
 /// README.txt and the image's image.json.
-pub fn assemble(
-    cluster: &ClusterFile,
-    cluster_path: &Path,
-    node_name: &str,
-    secrets_dir: &Path,
-    image: Option<&ImageInfo>,
-    target: &Path,
-) -> anyhow::Result<Card> {
-    let distro = image.and_then(|i| i.distro.as_deref()).unwrap_or(&cluster.distro);
-    let node = node_config(cluster, cluster_path, node_name, distro)?;
+pub fn assemble(id: Identity<'_>, image: Option<&FoundImage>, target: &Path) -> anyhow::Result<Card> {
+    let distro = image.map_or(id.cluster.distro.as_str(), |i| i.info.distro.as_str());
+    let node = node_config(id.cluster, id.cluster_path, id.node, distro)?;
     if let Some(i) = image {
-        check_image(&node, i, target)?;
+        check_image(&node, &i.info, target)?;
     }
-    let secret_files = secret_files(node.node.role, cluster, cluster_path, secrets_dir)?;
+    let secret_files = secret_files(node.node.role, id.cluster, id.cluster_path, id.secrets_dir)?;
     let mut files = vec![
         FatFile::new(NODE_FILE, node.to_yaml().into_bytes()),
         FatFile::new(README_FILE, readme(&node).into_bytes()),
@@ -211,7 +172,8 @@ mod tests {
     use piha_config::cluster::{ClusterFile, Role};
     use piha_config::node::NetworkRenderer;
 
-    use super::{ImageInfo, check_image, network_renderer, node_config, secret_files};
+    use super::{check_image, network_renderer, node_config, secret_files};
+    use crate::image::info::ImageInfo;
 
     fn cluster() -> ClusterFile {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/qemu-lab.yaml");
@@ -236,10 +198,10 @@ mod tests {
     #[test]
     fn board_mismatch_names_both() {
         let n = node_config(&cluster(), Path::new("c.yaml"), "cp1", "debian-bookworm").unwrap();
-        let img = ImageInfo::parse(br#"{"board": "rpi4", "distro": "ubuntu-noble", "version": "x"}"#.to_vec()).unwrap();
+        let img = ImageInfo::parse(br#"{"board": "rpi4", "distro": "ubuntu-noble", "version": "x"}"#).unwrap();
         let err = check_image(&n, &img, Path::new("card.img")).unwrap_err().to_string();
         assert!(err.contains("\"rpi4\"") && err.contains("\"amd64\""), "{err}");
-        let ok = ImageInfo::parse(br#"{"board": "amd64"}"#.to_vec()).unwrap();
+        let ok = ImageInfo::parse(br#"{"board": "amd64", "distro": "debian-bookworm"}"#).unwrap();
         check_image(&n, &ok, Path::new("card.img")).unwrap();
     }
 

@@ -1,5 +1,5 @@
-//! `piha validate`, and the one entry point every command uses to load a
-//! cluster file: nothing is written anywhere unless the file is valid.
+//! The one entry point every command uses to load a cluster file: nothing is
+//! written anywhere unless the file is valid.
 
 use std::path::Path;
 
@@ -7,8 +7,7 @@ use piha_config::cluster::ClusterFile;
 use piha_config::problem::Problems;
 use piha_config::validate::Catalog;
 
-use crate::catalog;
-use crate::cli::ValidateOpts;
+use crate::inputs::catalog;
 
 /// Loads and validates a cluster file. Warnings go to stderr; any error fails
 /// with every problem listed, before any work starts.
@@ -50,27 +49,4 @@ fn checked(path: &Path, parsed: Result<ClusterFile, Problems>, catalog: &Catalog
         }
         Err(problems) => (None, problems),
     }
-}
-
-pub fn run(opts: &ValidateOpts) -> anyhow::Result<()> {
-    let path = &opts.cluster.cluster;
-    let (_, problems) = check(path)?;
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&problems.0)?);
-    } else {
-        for p in &problems.0 {
-            println!("{p}");
-        }
-    }
-    if problems.has_errors() {
-        anyhow::bail!(
-            "{}: {} error(s)",
-            path.display(),
-            problems.0.iter().filter(|p| p.is_error()).count()
-        );
-    }
-    if !opts.json {
-        println!("{}: ok", path.display());
-    }
-    Ok(())
 }

@@ -5,12 +5,11 @@
 //! the three partitions (boot, PIHA-CFG, root), the kernel and bootloader
 //! packages per distro family, the initramfs module list (explicit, so
 //! initramfs-tools never scans every module: the slow part of an emulated
-//! arm64 build, issue 5), the kernel command line, which files of the root
+//! arm64 build), the kernel command line, which files of the root
 //! filesystem the firmware needs on the boot partition and which it gets
 //! generated (systemd-boot loader entries, or the Pi's config.txt/cmdline.txt).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -18,46 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog;
 
-/// CPU architecture, as Debian names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    Amd64,
-    Arm64,
-}
-
-impl Arch {
-    /// Debian's architecture name (`dpkg --print-architecture`).
-    pub fn deb(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-
-    /// The Rust target triple of the agent binary for this architecture.
-    pub fn rust_target(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "x86_64-unknown-linux-gnu",
-            Arch::Arm64 => "aarch64-unknown-linux-gnu",
-        }
-    }
-
-    /// The architecture of the machine piha runs on, if it is one images are built for.
-    pub fn host() -> Option<Arch> {
-        match std::env::consts::ARCH {
-            "x86_64" => Some(Arch::Amd64),
-            "aarch64" => Some(Arch::Arm64),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.deb())
-    }
-}
+pub use crate::arch::Arch;
 
 /// Distribution family: decides which package list of a board applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -86,14 +46,7 @@ pub enum Firmware {
     Rpi,
 }
 
-/// The partition table kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TableKind {
-    Gpt,
-    /// DOS/MBR: what the Raspberry Pi boot ROM reads.
-    Mbr,
-}
+pub use crate::image::partition::TableKind;
 
 /// FAT variant of the boot partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,6 @@
 //! so an operator holding a stack of identical cards can tell them apart by
 //! serial number, and knows which image each one got.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -63,21 +62,9 @@ impl Ledger {
     pub fn append(path: &Path, entry: LedgerEntry) -> anyhow::Result<()> {
         let mut ledger = Ledger::load(path)?;
         ledger.entries.push(entry);
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
         let mut text = serde_json::to_vec_pretty(&ledger)?;
         text.push(b'\n');
-        tmp.write_all(&text).with_context(|| format!("writing {}", tmp.path().display()))?;
-        tmp.as_file()
-            .sync_all()
-            .with_context(|| format!("syncing {}", tmp.path().display()))?;
-        tmp.persist(path).with_context(|| format!("replacing {}", path.display()))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing directory {}", dir.display()))?;
+        piha_atomic::write(path, &text, None).with_context(|| format!("replacing {}", path.display()))?;
         Ok(())
     }
 }

@@ -48,6 +48,9 @@ pub struct DeviceInfo {
     pub holders: Vec<(String, String)>,
     /// Whole disks under `/`, `/boot` and `/boot/efi`.
     pub system_disks: Vec<String>,
+    /// Those of `/`, `/boot` and `/boot/efi` whose disk could not be found
+    /// (an overlay or network root): the running-system check cannot cover them.
+    pub unresolved_system_mounts: Vec<String>,
 }
 
 impl DeviceInfo {
@@ -177,6 +180,13 @@ pub fn inspect(path: &Path, runner: &dyn Runner) -> anyhow::Result<DeviceInfo> {
         }
     }
     let lsblk = lsblk(&resolved, runner)?;
+    let system = system_disks(&mountinfo);
+    for point in &system.unresolved {
+        log::warn!(
+            "cannot tell which disk holds {point} (not on a block device this host can see); make sure {} is not the disk the system runs from",
+            resolved.display()
+        );
+    }
     Ok(DeviceInfo {
         path: resolved,
         disk,
@@ -189,7 +199,8 @@ pub fn inspect(path: &Path, runner: &dyn Runner) -> anyhow::Result<DeviceInfo> {
         mounts,
         swaps,
         holders,
-        system_disks: system_disks(&mountinfo).into_iter().collect(),
+        system_disks: system.disks.into_iter().collect(),
+        unresolved_system_mounts: system.unresolved,
     })
 }
 
@@ -201,11 +212,21 @@ fn describe_holder(name: &str) -> String {
     }
 }
 
+/// The whole disks under the running system's mount points.
+struct SystemDisks {
+    disks: BTreeSet<String>,
+    /// Mount points that are mounted but whose disk was not found.
+    unresolved: Vec<String>,
+}
+
 /// The whole disks holding `/`, `/boot` and `/boot/efi`, through partitions
 /// and device-mapper/md layers.
-fn system_disks(mountinfo: &str) -> BTreeSet<String> {
+fn system_disks(mountinfo: &str) -> SystemDisks {
     let mounts = parse_mountinfo(mountinfo);
-    let mut out = BTreeSet::new();
+    let mut out = SystemDisks {
+        disks: BTreeSet::new(),
+        unresolved: Vec::new(),
+    };
     for point in ["/", "/boot", "/boot/efi"] {
         let mut devs = Vec::new();
         if let Ok(meta) = std::fs::metadata(point) {
@@ -213,7 +234,8 @@ fn system_disks(mountinfo: &str) -> BTreeSet<String> {
         }
         // btrfs, overlay and friends report an anonymous device (major 0):
         // the mount's source names the real one.
-        if let Some(m) = mounts.iter().rev().find(|m| m.mount_point == point) {
+        let mounted = mounts.iter().rev().find(|m| m.mount_point == point);
+        if let Some(m) = mounted {
             if let Ok(meta) = std::fs::metadata(&m.source) {
                 if meta.file_type().is_block_device() {
                     devs.push(dev_string(meta.rdev()));
@@ -221,11 +243,17 @@ fn system_disks(mountinfo: &str) -> BTreeSet<String> {
             }
             devs.push(m.dev.clone());
         }
+        let mut found = BTreeSet::new();
         for d in devs {
             if let Ok(sys) = sysfs_of(&d) {
-                whole_disks(&sys, &mut out, 0);
+                whole_disks(&sys, &mut found, 0);
             }
         }
+        // `/` always counts; /boot and /boot/efi only when they are mount points of their own.
+        if found.is_empty() && (point == "/" || mounted.is_some()) {
+            out.unresolved.push(point.to_string());
+        }
+        out.disks.extend(found);
     }
     out
 }
@@ -423,6 +451,7 @@ mod tests {
             swaps: vec![],
             holders: vec![],
             system_disks: vec!["vda".into()],
+            unresolved_system_mounts: vec![],
         }
     }
 

@@ -5,10 +5,11 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use piha_atomic::AtomicFile;
 use piha_config::cluster::Role;
 use piha_config::render::{self, JoinSecrets, RenderedFile};
 
@@ -21,7 +22,7 @@ pub fn run(opts: &RenderOpts) -> anyhow::Result<()> {
     let cluster_path = &opts.cluster.cluster;
     let cluster = validate::load_cluster(cluster_path)?;
     let cfg = card::node_config(&cluster, cluster_path, &opts.node, &cluster.distro)?;
-    // Directors get no secrets (DESIGN.md); everyone else needs the token and hash.
+    // Directors get no secrets; everyone else needs the token and hash.
     let secrets = match cfg.node.role {
         Role::Director => None,
         Role::ControlPlane | Role::Worker => {
@@ -65,18 +66,13 @@ fn write_file(out: &Path, f: &RenderedFile) -> anyhow::Result<PathBuf> {
     let path = out_path(out, &f.path)?;
     let dir = path.parent().expect("a file under out has a parent");
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(f.mode)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    // `mode` on open only applies to new files; an older render keeps its bits otherwise.
-    file.set_permissions(fs::Permissions::from_mode(f.mode))
+    let mut file = AtomicFile::create(&path, None).with_context(|| format!("creating {}", path.display()))?;
+    file.file()
+        .and_then(|t| t.set_permissions(fs::Permissions::from_mode(f.mode)))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
     file.write_all(f.contents.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
+    file.commit().with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 

@@ -1,4 +1,4 @@
-//! `piha doctor`: every host tool piha and its tests use, with its version and
+//! The host checks behind `piha doctor`: every host tool piha and its tests use, with its version and
 //! how to install it. A build runs the required checks (and the arm64 ones for
 //! a foreign-architecture image) as its preflight, so it fails in the first
 //! second instead of deep inside a stage.
@@ -6,11 +6,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::Context;
-use piha_runner::{Cmd, Runner, SystemRunner};
+use piha_runner::{Cmd, Runner};
 use serde::Serialize;
-
-use crate::cli::DoctorOpts;
 
 /// The e2fsprogs release whose `mke2fs -d` reads a tar file.
 pub const MKE2FS_MIN: (u32, u32, u32) = (1, 47, 1);
@@ -359,24 +356,6 @@ pub fn render(checks: &[Check]) -> String {
         }
     }
     out
-}
-
-pub fn run(opts: &DoctorOpts) -> anyhow::Result<()> {
-    let checks = all_checks(&SystemRunner);
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&checks).context("serializing the checks")?);
-    } else {
-        print!("{}", render(&checks));
-    }
-    let missing: Vec<&str> = checks
-        .iter()
-        .filter(|c| !c.ok && c.need == Need::Required)
-        .map(|c| c.name.as_str())
-        .collect();
-    if !missing.is_empty() {
-        anyhow::bail!("required host tools are missing: {} (see the fixes above)", missing.join(", "));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -29,8 +29,8 @@ use sha2::{Digest, Sha256};
 ///
 /// Level 10 saves 15% of the size for eight to twelve times the time, and
 /// long-distance matching 5% for twice the time: on a build that should take
-/// seconds, level 3 without it is the better trade (and far inside the 400 MB
-/// target of issue 5). From [`LONG_FROM_LEVEL`] on, long-distance matching is
+/// seconds, level 3 without it is the better trade (a compressed Pi image stays
+/// near 200 MB). From [`LONG_FROM_LEVEL`] on, long-distance matching is
 /// turned on, for release builds that want the smallest file.
 pub const LEVEL: i32 = 3;
 /// Levels from which long-distance matching is worth its time.

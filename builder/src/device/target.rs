@@ -34,6 +34,10 @@ pub trait WriteTarget: Send {
     fn sync(&mut self) -> io::Result<()>;
     /// Fills `buf` from `offset` with what the medium holds, bypassing caches.
     fn read_back(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Logical sector size: what a filesystem written onto it must use.
+    fn sector_size(&self) -> u64 {
+        512
+    }
 }
 
 /// A regular file: `--to-file` images for VMs, and tests.
@@ -184,6 +188,17 @@ impl WriteTarget for BlockTarget {
             Some(direct) => read_direct(direct, self.sector, offset, buf, &mut self.scratch),
             None => self.file.read_exact_at(buf, offset),
         }
+    }
+
+    fn sector_size(&self) -> u64 {
+        self.sector
+    }
+}
+
+impl BlockTarget {
+    /// The device, symlinks resolved.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 

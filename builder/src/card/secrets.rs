@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn generates_every_secret_file() {
-        let text = include_str!("../../examples/qemu-lab.yaml");
+        let text = include_str!("../../../examples/qemu-lab.yaml");
         let mut c = ClusterFile::parse(std::path::Path::new("qemu-lab.yaml"), text).unwrap();
         c.kubernetes.key_algorithm = KeyAlgorithm::EcdsaP256;
         let files = generate(&c).unwrap();

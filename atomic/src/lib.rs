@@ -1,7 +1,8 @@
-//! Crash-safe file replacement: write a temp file in the target directory,
-//! fsync it, rename it over the target, fsync the directory. A power cut
-//! leaves either the old file or the new one, never a torn mix (the same
-//! sequence coreos-installer and systemd use).
+//! Crash-safe file replacement, the one way piha writes a file that must not
+//! be torn: write a temp file in the target directory, fsync it, rename it over
+//! the target, fsync the directory. A power cut leaves either the old file or
+//! the new one, never a torn mix (the same sequence coreos-installer and
+//! systemd use). An error or an early return removes the temp file.
 //!
 //! Works on the FAT config partition too (rename over an existing file is
 //! atomic on vfat for our purposes); there, pass no permissions: vfat has no
@@ -12,6 +13,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Who owns a file and its mode bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,33 +31,98 @@ impl Perm {
 }
 
 /// The temp file beside `path` (same directory, so the rename stays on one
-/// filesystem). A dot name, so a leftover one from a power cut is harmless.
+/// filesystem). A dot name with the process id and a counter, so concurrent
+/// writers never share one and a leftover from a power cut is harmless.
 fn temp_path(path: &Path) -> io::Result<PathBuf> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file name", path.display())))?;
-    Ok(path.with_file_name(format!(".{}.piha-tmp", name.to_string_lossy())))
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Ok(path.with_file_name(format!(".{}.{}-{n}.piha-tmp", name.to_string_lossy(), std::process::id())))
+}
+
+/// A file being written that replaces `path` only on `commit`; dropped
+/// without a commit, it removes its temp file and leaves `path` untouched.
+pub struct AtomicFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<File>,
+}
+
+impl AtomicFile {
+    /// Starts replacing `path`. With `perm`, the file gets that mode and owner
+    /// before it becomes visible (secrets are never briefly world-readable).
+    /// The parent directory must exist.
+    pub fn create(path: &Path, perm: Option<Perm>) -> io::Result<AtomicFile> {
+        let tmp = temp_path(path)?;
+        let mut options = OpenOptions::new();
+        // 0600 until the final mode is set: a key must never be readable by others, even as a temp file.
+        options.write(true).create_new(true).mode(0o600);
+        let file = options.open(&tmp)?;
+        let out = AtomicFile {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(file),
+        };
+        if let (Some(p), Some(f)) = (perm, out.file.as_ref()) {
+            chown(f, &out.tmp, p)?;
+            // Explicit, because the process umask applies to the mode given at open.
+            f.set_permissions(Permissions::from_mode(p.mode))?;
+        }
+        Ok(out)
+    }
+
+    /// The open temp file, for callers that size or seek it.
+    pub fn file(&mut self) -> io::Result<&mut File> {
+        self.file.as_mut().ok_or_else(|| io::Error::other("the file was already committed"))
+    }
+
+    /// Makes the new contents durable and puts them in place.
+    pub fn commit(mut self) -> io::Result<()> {
+        let file = self.file.take().ok_or_else(|| io::Error::other("the file was already committed"))?;
+        let synced = file.sync_all();
+        drop(file);
+        if let Err(e) = synced.and_then(|()| fs::rename(&self.tmp, &self.path)) {
+            let _ = fs::remove_file(&self.tmp);
+            return Err(e);
+        }
+        sync_dir(parent(&self.path))
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file()?.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file()?.flush()
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// The directory a path lives in (`.` for a bare file name).
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// Replaces `path` with `contents` atomically. With `perm`, the file gets
-/// that mode and owner before it becomes visible (secrets are never briefly
-/// world-readable). Parent directories must exist.
+/// that mode and owner before it becomes visible. Parent directories must exist.
 pub fn write(path: &Path, contents: &[u8], perm: Option<Perm>) -> io::Result<()> {
-    let tmp = temp_path(path)?;
-    let mut options = OpenOptions::new();
-    // 0600 until the final mode is set: a key must never be readable by others, even as a temp file.
-    options.write(true).create(true).truncate(true).mode(0o600);
-    let mut file = options.open(&tmp)?;
-    file.write_all(contents)?;
-    if let Some(p) = perm {
-        chown(&file, &tmp, p)?;
-        // Explicit, because the process umask applies to the mode given at open.
-        file.set_permissions(Permissions::from_mode(p.mode))?;
-    }
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new("/")))
+    let mut f = AtomicFile::create(path, perm)?;
+    f.write_all(contents)?;
+    f.commit()
 }
 
 /// Owner change for a file being written. The agent runs as root on a node,
@@ -114,7 +181,7 @@ pub fn create_dirs(dir: &Path, perm: Perm) -> io::Result<()> {
     let f = File::open(dir)?;
     chown(&f, dir, perm)?;
     f.set_permissions(Permissions::from_mode(perm.mode))?;
-    sync_dir(dir.parent().unwrap_or(Path::new("/")))
+    sync_dir(parent(dir))
 }
 
 /// Writes `contents` only if the file differs (content, mode or owner).
@@ -138,7 +205,7 @@ pub fn remove_dir_all(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     }
-    sync_dir(dir.parent().unwrap_or(Path::new("/")))
+    sync_dir(parent(dir))
 }
 
 #[cfg(test)]
@@ -146,7 +213,9 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
-    use super::{Perm, create_dirs, write, write_if_changed};
+    use std::io::Write;
+
+    use super::{AtomicFile, Perm, create_dirs, write, write_if_changed};
 
     #[test]
     fn replaces_content_and_sets_mode() {
@@ -177,5 +246,26 @@ mod tests {
         create_dirs(&d, Perm::root(0o700)).unwrap();
         assert_eq!(fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
         assert_eq!(fs::metadata(dir.path().join("a")).unwrap().permissions().mode() & 0o777, 0o755);
+    }
+
+    #[test]
+    fn an_uncommitted_file_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big");
+        fs::write(&p, "old").unwrap();
+        {
+            let mut f = AtomicFile::create(&p, None).unwrap();
+            f.write_all(b"half of it").unwrap();
+            // Dropped on an error path, before commit.
+        }
+        assert_eq!(fs::read_to_string(&p).unwrap(), "old");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("big")], "the temp file is removed");
+    }
+
+    #[test]
+    fn a_bare_file_name_is_synced_in_the_current_directory() {
+        assert_eq!(super::parent(std::path::Path::new("x")), std::path::Path::new("."));
+        assert_eq!(super::parent(std::path::Path::new("/a/x")), std::path::Path::new("/a"));
     }
 }

@@ -1,8 +1,6 @@
 //! `piha init`: the commented example cluster file (if there is none) and the
 //! cluster's secrets (once); `piha rotate-secrets --yes`: new secrets.
 
-use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -13,7 +11,7 @@ use crate::secrets_dir::{self, Outcome, Secrets};
 use crate::validate;
 
 /// The example written by `piha init` when the cluster file does not exist yet.
-pub const EXAMPLE: &str = include_str!("../../examples/homelab.yaml");
+pub const EXAMPLE: &str = include_str!("../../../examples/homelab.yaml");
 
 pub fn run(opts: &InitOpts) -> anyhow::Result<()> {
     let path = &opts.cluster.cluster;
@@ -92,16 +90,13 @@ fn algorithm_name(alg: KeyAlgorithm) -> &'static str {
     }
 }
 
-/// Writes a file that must not exist yet.
+/// Writes a file that must not exist yet, atomically: a crash leaves no
+/// half-written cluster file behind.
 fn write_new(path: &Path, text: &str) -> anyhow::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.sync_all().with_context(|| format!("syncing {}", path.display()))
+    if path.exists() {
+        bail!("{} already exists; nothing was written", path.display());
+    }
+    piha_atomic::write(path, text.as_bytes(), None).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The example must stay valid: `piha init` hands it to every new user.

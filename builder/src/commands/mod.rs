@@ -1,0 +1,11 @@
+//! One module per subcommand: parse the options, call the library, print.
+//! Commands never call each other.
+
+pub mod docs;
+pub mod doctor;
+pub mod flash;
+pub mod init;
+pub mod render;
+pub mod stamp;
+pub mod status;
+pub mod validate;

@@ -1,0 +1,15 @@
+//! Writing to cards: the one stack that `piha flash` and `piha stamp` share.
+//!
+//! - `safety`: what must be true of a block device before a byte is written;
+//! - `source`: an image as a decompressed stream and its block map;
+//! - `target`: where bytes go (`WriteTarget`: block device, file, failing);
+//! - `write` + `verify`: the write order that never leaves a half-written
+//!   card bootable, and the read-back past the page cache.
+
+pub mod claim;
+pub mod region;
+pub mod safety;
+pub mod source;
+pub mod target;
+pub mod verify;
+pub mod write;
