@@ -202,7 +202,10 @@ fn preflight_names_the_unreachable_source_and_the_offline_route() {
     // This build is the offline route already: printing it again would be a loop.
     assert!(err.contains("Offline route: this build is on it already"), "{err}");
     assert!(!err.contains("`piha build"), "{err}");
-    assert!(err.contains("`--mirror URL` points the build at a Debian mirror you can reach"), "{err}");
+    assert!(
+        err.contains("`--mirror URL` points the build at a Debian mirror you can reach"),
+        "{err}"
+    );
 }
 
 // --- customize over a synthetic rootfs -----------------------------------
