@@ -50,6 +50,10 @@ fn the_printed_offline_route_builds_a_finished_image() {
     assert_eq!(name("bmap"), format!("{stem}.bmap"));
     assert_eq!(name("sums"), "SHA256SUMS");
     assert_eq!(name("manifest"), format!("{stem}.manifest.json"));
+    assert!(
+        shared.out.join("manifest.json").is_file(),
+        "no manifest.json (the well-known name) in out/"
+    );
     run_ok(
         std::process::Command::new("sha256sum")
             .arg("--check")
