@@ -1,8 +1,10 @@
-//! A real `piha build` of the amd64 board (Debian bookworm from the host's
-//! mirror, test profile, the QEMU lab cluster), built once per test binary
-//! and checked with the real tools: `sfdisk -J` against the board file,
-//! `fsck.vfat -n` and `e2fsck -fn` on every partition, debugfs and mtools
-//! for what the filesystems hold, and the manifest against SHA256SUMS.
+//! The amd64 image as the printed offline route builds it (Debian bookworm
+//! from the host's mirror, test profile, the QEMU lab cluster), built once
+//! per test run and shared with the boots (`support::shared`), checked with
+//! the real tools: `sfdisk -J` against the board file, `fsck.vfat -n` and
+//! `e2fsck -fn` on every partition, debugfs and mtools for what the
+//! filesystems hold, the agent's ELF headers, and the manifest against
+//! SHA256SUMS.
 
 mod support;
 
@@ -13,12 +15,11 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use support::image::{self, Partition};
+use support::shared::{Shared, shared_build};
 
-/// The build every test here inspects, made once.
+/// The shared build and this binary's copies of its partitions.
 struct Built {
-    out: PathBuf,
-    summary: Value,
-    image: PathBuf,
+    shared: &'static Shared,
     /// Partitions copied out of the image, by number.
     parts: Vec<PathBuf>,
 }
@@ -27,39 +28,14 @@ fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
         let _guard = support::heavy();
-        let out = support::repo().join("target/piha-test-out/build_image");
-        let _ = std::fs::remove_dir_all(&out);
-        std::fs::create_dir_all(&out).unwrap();
-        let json = support::run_ok(
-            support::piha()
-                .args([
-                    "build",
-                    "--board",
-                    "amd64",
-                    "--distro",
-                    "debian-bookworm",
-                    "--profile",
-                    "test",
-                    "--json",
-                    "--cluster",
-                ])
-                .arg(support::repo().join("examples/qemu-lab.yaml"))
-                .arg("--out")
-                .arg(&out),
-        );
-        let summary: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("--json output: {e}\n{json}"));
-        let image = PathBuf::from(summary["image"].as_str().expect("image in summary"));
-        let parts_dir = out.join("parts");
+        let shared = shared_build("amd64");
+        let parts_dir = support::repo().join("target/piha-test-out/build_image/parts");
+        let _ = std::fs::remove_dir_all(&parts_dir);
         std::fs::create_dir_all(&parts_dir).unwrap();
-        let parts = (1..=image::table(&image).partitions.len())
-            .map(|i| image::extract(&image, i, &parts_dir))
+        let parts = (1..=image::table(&shared.image).partitions.len())
+            .map(|i| image::extract(&shared.image, i, &parts_dir))
             .collect();
-        Built {
-            out,
-            summary,
-            image,
-            parts,
-        }
+        Built { shared, parts }
     })
 }
 
@@ -95,7 +71,7 @@ fn every_partition_passes_fsck() {
 fn the_layout_is_what_the_board_file_asks_for() {
     let b = built();
     let board = board();
-    let t = image::table(&b.image);
+    let t = image::table(&b.shared.image);
     assert_eq!(t.label, "gpt");
     assert_eq!(t.partitions.len(), 3);
     let mib = |p: &Partition| p.size * t.sectorsize / (1 << 20);
@@ -148,7 +124,7 @@ fn piha_cfg_says_what_the_image_is() {
     assert_eq!(info["distro"], "debian-bookworm");
     assert_eq!(info["arch"], "amd64");
     assert_eq!(info["profile"], "test");
-    assert_eq!(info["input_hash"], b.summary["input_hash"]);
+    assert_eq!(info["input_hash"], b.shared.summary_field("input hash"));
 }
 
 #[test]
@@ -202,11 +178,12 @@ fn each_node_makes_its_own_identity() {
 
 #[test]
 fn the_manifest_lists_packages_and_artifacts() {
-    let b = built();
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(b.summary["manifest"].as_str().unwrap()).unwrap()).unwrap();
+    let s = built().shared;
+    assert_eq!(s.summary_path("image"), s.image, "{}", s.summary);
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(s.summary_path("manifest")).unwrap()).unwrap();
     assert_eq!(manifest["board"], "amd64");
     assert_eq!(manifest["profile"], "test");
-    assert_eq!(manifest["input_hash"], b.summary["input_hash"]);
+    assert_eq!(manifest["input_hash"], s.summary_field("input hash"));
     let packages: Vec<&str> = manifest["packages"]
         .as_array()
         .unwrap()
@@ -227,11 +204,11 @@ fn the_manifest_lists_packages_and_artifacts() {
     }
     assert!(!packages.contains(&"kubeadm"), "the test profile installs no kubeadm package");
     assert_eq!(manifest["skipped"][0]["role"], "kubernetes");
-    let sums = std::fs::read_to_string(b.out.join("SHA256SUMS")).unwrap();
+    let sums = std::fs::read_to_string(s.out.join("SHA256SUMS")).unwrap();
     for a in manifest["artifacts"].as_array().unwrap() {
         let file = a["file"].as_str().unwrap();
         assert_eq!(
-            std::fs::metadata(b.out.join(file)).unwrap().len(),
+            std::fs::metadata(s.out.join(file)).unwrap().len(),
             a["size"].as_u64().unwrap(),
             "{file}"
         );
@@ -242,6 +219,19 @@ fn the_manifest_lists_packages_and_artifacts() {
             );
         }
     }
-    assert!(b.summary["timings"]["total"].as_f64().unwrap() > 0.0);
-    assert!(["hit", "miss"].contains(&b.summary["rootfs_cache"].as_str().unwrap()));
+    let total = s.summary_field("seconds").rsplit("total ").next().unwrap();
+    assert!(total.parse::<f64>().unwrap() > 0.0, "{}", s.summary);
+    let rootfs = s.summary_field("rootfs");
+    assert!(rootfs.starts_with("hit cache") || rootfs.starts_with("miss cache"), "{rootfs}");
+}
+
+/// The agent `piha build` put into the image, not one built on the side: a
+/// static x86-64 executable, so it runs on every userland piha builds.
+#[test]
+fn the_agent_in_the_image_is_a_static_x86_64_executable() {
+    let agent = image::ext4_read(root(), "/usr/bin/piha-agent").expect("/usr/bin/piha-agent in the root filesystem");
+    let (machine, interp) = image::elf_facts(&agent);
+    const EM_X86_64: u16 = 62;
+    assert_eq!(machine, EM_X86_64, "piha-agent is not an x86-64 binary");
+    assert!(!interp, "piha-agent asks for a dynamic loader (PT_INTERP): it must be static");
 }

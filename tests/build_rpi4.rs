@@ -1,7 +1,7 @@
-//! The rpi4 image, built by the real CLI (issue 5): `piha build --board rpi4
-//! --distro debian-bookworm --profile test` for the QEMU lab cluster with its
-//! nodes moved to `board: rpi4`, built once per test binary. Three kinds of
-//! checks:
+//! The rpi4 image, built by the real CLI: the offline route piha prints,
+//! `piha build --board rpi4 --distro debian-bookworm --profile test --cluster
+//! examples/qemu-lab.yaml`, built once per test run and shared with the boots
+//! (`support::shared`). Three kinds of checks:
 //!
 //! - structure, no boot: the MBR against `boards/rpi4.yaml`, what the Pi 4
 //!   firmware needs on `system-boot` (config.txt parsed, every file it names
@@ -15,8 +15,9 @@
 //!   qemu-user: Debian's hooks must bring a stale boot partition back in
 //!   line, as on a running node.
 //!
-//! The build is `support::lab`'s (`Lab::build("rpi4", ..)`); this binary's
-//! own files go to `target/piha-test-out/build_rpi4/` and stay there.
+//! The cluster copy with its nodes moved to `board: rpi4`, for stamping, is
+//! `support::lab`'s (`Lab::new("rpi4", ..)`); this binary's own files go to
+//! `target/piha-test-out/build_rpi4/` and stay there.
 //!
 //! And rpi5, which cannot be built here (Ubuntu-only, ports.ubuntu.com is
 //! unreachable): refused up front for Debian, and its board file checked.
@@ -63,7 +64,7 @@ fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
         let _guard = heavy();
-        let lab = Lab::build("rpi4", &[]);
+        let lab = Lab::new("rpi4", &[]);
         let dir = repo().join("target/piha-test-out/build_rpi4");
         let _ = std::fs::remove_dir_all(&dir);
         let parts_dir = dir.join("parts");
@@ -336,26 +337,10 @@ fn the_boot_files_are_the_installed_kernel_initrd_and_device_trees() {
     }
 }
 
-/// Of a 64-bit little-endian ELF file (System V gABI): its machine, and
-/// whether it asks for a program interpreter (PT_INTERP, the dynamic loader).
-fn elf_facts(elf: &[u8]) -> (u16, bool) {
-    assert_eq!(&elf[..4], b"\x7fELF", "not an ELF file");
-    assert_eq!(elf[5], 1, "not little-endian");
-    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]);
-    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().expect("4 bytes"));
-    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().expect("8 bytes"));
-    assert_eq!(elf[4], 2, "not a 64-bit ELF");
-    let phoff = usize::try_from(u64_at(0x20)).expect("e_phoff");
-    let (phentsize, phnum) = (usize::from(u16_at(0x36)), usize::from(u16_at(0x38)));
-    const PT_INTERP: u32 = 3;
-    let interp = (0..phnum).any(|i| u32_at(phoff + i * phentsize) == PT_INTERP);
-    (u16_at(0x12), interp)
-}
-
 #[test]
 fn the_agent_is_a_static_aarch64_executable() {
     let agent = ext4_file(root_fs(), "/usr/bin/piha-agent");
-    let (machine, interp) = elf_facts(&agent);
+    let (machine, interp) = image::elf_facts(&agent);
     const EM_AARCH64: u16 = 183;
     assert_eq!(machine, EM_AARCH64, "piha-agent is not an aarch64 binary");
     // No dynamic loader: runs on Debian 12 and Ubuntu 24.04 userlands alike.
@@ -744,8 +729,8 @@ fn cached_kernel_deb(release: &str, version: &str) -> Option<PathBuf> {
     deb.exists().then_some(deb)
 }
 
-/// "Kernel upgrades on a running node must keep the boot partition current"
-/// (issue 5): in a copy of the image, with system-boot at /boot/firmware as
+/// Kernel upgrades on a running node must keep the boot partition current:
+/// in a copy of the image, with system-boot at /boot/firmware as
 /// fstab mounts it, a stale boot partition (old kernel, initrd, config.txt,
 /// cmdline.txt, a missing DTB, an older kernel's leftovers) is brought back
 /// in line by what an upgrade runs: the kernel package's postinst, i.e.

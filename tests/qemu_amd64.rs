@@ -1,5 +1,6 @@
-//! Proof in QEMU on amd64 (issues 3 and 4): the real CLI builds a Debian
-//! bookworm image with the test profile, stamps it per node of the
+//! Proof in QEMU on amd64: the real CLI builds a Debian bookworm image with
+//! the test profile (the printed offline route, once per test run and shared
+//! with tests/build_image.rs: `support::shared`), stamps it per node of the
 //! `examples/qemu-lab.yaml` cluster, and boots it under qemu-system-x86_64 with
 //! OVMF and TCG. The test image powers itself off once piha-agent is done; the
 //! tests then read the serial console, `status.json` (via `piha status`) and
@@ -26,10 +27,10 @@ use support::lab::{
 };
 use support::qemu::{Boot, BootResult, Machine};
 
-/// One build and one `piha init` per test binary.
+/// The shared amd64 image and one `piha init` per test binary.
 fn fixture() -> &'static Lab {
     static F: OnceLock<Lab> = OnceLock::new();
-    F.get_or_init(|| Lab::build("amd64", &[]))
+    F.get_or_init(|| Lab::new("amd64", &[]))
 }
 
 fn boot_node(img: &Path, name: &str, api_port: Option<u16>) -> BootResult {

@@ -1,6 +1,7 @@
-//! Proof in QEMU on arm64 (issue 5): the real CLI builds the `arm64-uefi` and
-//! `rpi4` images (Debian bookworm, test profile, the aarch64 piha-agent
-//! cross-built from this checkout), stamps them per node of
+//! Proof in QEMU on arm64: the real CLI builds the `arm64-uefi` and `rpi4`
+//! images (the printed offline route: Debian bookworm, test profile, the
+//! aarch64 piha-agent cross-built from this checkout; once per test run,
+//! `support::shared`), stamps them per node of
 //! `examples/qemu-lab.yaml` moved onto that board, and boots them under
 //! qemu-system-aarch64 `-M virt` with TCG:
 //! - `arm64-uefi` through AAVMF and the image's own systemd-boot, as the init
@@ -43,7 +44,7 @@ const GROW_BY: u64 = 1 << 30;
 /// The `arm64-uefi` build: every node of the lab on that board.
 fn uefi_lab() -> &'static Lab {
     static F: OnceLock<Lab> = OnceLock::new();
-    F.get_or_init(|| Lab::build("arm64-uefi", &[]))
+    F.get_or_init(|| Lab::new("arm64-uefi", &[]))
 }
 
 /// The `rpi4` build. Debian's raspi-firmware writes `net.ifnames=0` into
@@ -51,7 +52,7 @@ fn uefi_lab() -> &'static Lab {
 /// that name instead of the amd64 lab's `enp0s2`.
 fn rpi4_lab() -> &'static Lab {
     static F: OnceLock<Lab> = OnceLock::new();
-    F.get_or_init(|| Lab::build("rpi4", &[("interface: enp0s2", "interface: eth0")]))
+    F.get_or_init(|| Lab::new("rpi4", &[("interface: enp0s2", "interface: eth0")]))
 }
 
 /// The size of the root partition (3) as built, in bytes.

@@ -77,18 +77,73 @@ pub fn unreachable(reachables: &[Reachable], runner: &dyn Runner, timeout: Durat
     })
 }
 
-/// What to do without network access to the failed sources.
+/// What to do without network access to the failed sources: first a command
+/// that builds an image when run as printed, from the directory the build
+/// ran in, then the other ways.
 pub fn offline_route(plan: &Plan) -> String {
-    let board = &plan.req.board.name;
-    let crio = if plan.req.cluster.kubernetes.runtime == Runtime::Crio {
-        " The cluster's runtime is crio, which no distro archive carries: add the cri-o .deb to the bundle, or build with a containerd cluster (kubernetes.runtime: containerd, as in examples/qemu-lab.yaml)."
+    use std::path::Path;
+    const DISTRO: &str = "debian-bookworm";
+    /// `s` as one shell word.
+    fn word(s: &str) -> String {
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+:,=@%".contains(&b)) {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    }
+    /// A path as the user's shell takes it: relative when below the working directory.
+    fn shown(path: &Path) -> String {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        word(&path.strip_prefix(&cwd).unwrap_or(path).display().to_string())
+    }
+    let req = &plan.req;
+    let board = &req.board.name;
+    if req.distro.name == DISTRO && plan.extra_repos.is_empty() {
+        return "Offline route: this build is on it already (Debian, nothing from outside its archive), so the sources above are the Debian archive itself: `--mirror URL` points the build at a Debian mirror you can reach.".to_string();
+    }
+    let mirror = match &req.mirror {
+        Some(m) if req.distro.name == DISTRO => format!(" --mirror {}", word(m)),
+        _ => String::new(),
+    };
+    let own = Path::new(&req.cluster_label);
+    let own = if own.is_file() {
+        format!(" --cluster {}", shown(own))
     } else {
-        ""
+        String::new()
+    };
+    let example = crate::catalog::data_dir().join("examples/qemu-lab.yaml");
+    let lab = std::fs::read_to_string(&example)
+        .ok()
+        .and_then(|t| piha_config::cluster::ClusterFile::parse(&example, &t).ok());
+    let (cluster, note) = match (req.cluster.kubernetes.runtime, lab) {
+        (Runtime::Containerd, _) => (own.clone(), String::new()),
+        (Runtime::Crio, Some(lab)) => {
+            let boards = if lab.nodes.iter().any(|n| n.board == *board) {
+                String::new()
+            } else {
+                format!(" Its nodes are not {board} machines: to stamp its cards for {board}, copy it and set their `board:` to {board}.")
+            };
+            (
+                format!(" --cluster {}", shown(&example)),
+                format!(
+                    " The cluster's runtime is crio, which no distro archive carries, so the test route builds the QEMU lab cluster `{}` (runtime: containerd) instead.{boards} \
+                     To build your own cluster offline, set `kubernetes.runtime: containerd` in it, or put the cri-o .deb into the bundle.",
+                    lab.name
+                ),
+            )
+        }
+        (Runtime::Crio, None) => (
+            " --cluster FILE".to_string(),
+            format!(
+                " The cluster's runtime is crio, which no distro archive carries: FILE is a cluster file with `kubernetes.runtime: containerd` ({} is missing), or put the cri-o .deb into the bundle.",
+                example.display()
+            ),
+        ),
     };
     format!(
-        "Offline route: `piha build --board {board} --distro debian-bookworm --profile test` (Debian from your host's apt mirror, recording kubeadm instead of the Kubernetes packages), \
-         or `piha build --board {board} --distro debian-bookworm --k8s-bundle DIR` with the kubeadm, kubelet, kubectl, cri-tools and kubernetes-cni .debs for Kubernetes {} in DIR; \
-         `--mirror URL` points the distro at a mirror you can reach.{crio}",
+        "Offline route: `piha build --board {board} --distro {DISTRO} --profile test{cluster}{mirror}` (Debian from your host's apt mirror, recording kubeadm instead of the Kubernetes packages), \
+         or `piha build --board {board} --distro {DISTRO} --k8s-bundle DIR{own}{mirror}` with the kubeadm, kubelet, kubectl, cri-tools and kubernetes-cni .debs for Kubernetes {} in DIR; \
+         `--mirror URL` points the distro at a mirror you can reach.{note}",
         plan.k8s_minor
     )
 }

@@ -1,5 +1,6 @@
 //! Reading a built disk image without mounting it: the partition table via
-//! `sfdisk -J`, FAT files via mtools, ext4 files via debugfs.
+//! `sfdisk -J`, FAT files via mtools, ext4 files via debugfs; what an ELF
+//! file read from one is built for.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -149,4 +150,20 @@ pub fn fat_write(image: &Path, index: usize, path: &str, contents: &[u8]) {
 /// A sparse copy of an image, so each boot starts from the same build.
 pub fn copy_sparse(from: &Path, to: &Path) {
     run_ok(Command::new("cp").arg("--sparse=always").arg(from).arg(to));
+}
+
+/// Of a 64-bit little-endian ELF file (System V gABI): its machine, and
+/// whether it asks for a program interpreter (PT_INTERP, the dynamic loader).
+pub fn elf_facts(elf: &[u8]) -> (u16, bool) {
+    assert_eq!(&elf[..4], b"\x7fELF", "not an ELF file");
+    assert_eq!(elf[5], 1, "not little-endian");
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().expect("8 bytes"));
+    assert_eq!(elf[4], 2, "not a 64-bit ELF");
+    let phoff = usize::try_from(u64_at(0x20)).expect("e_phoff");
+    let (phentsize, phnum) = (usize::from(u16_at(0x36)), usize::from(u16_at(0x38)));
+    const PT_INTERP: u32 = 3;
+    let interp = (0..phnum).any(|i| u32_at(phoff + i * phentsize) == PT_INTERP);
+    (u16_at(0x12), interp)
 }

@@ -1,5 +1,5 @@
-//! The `examples/qemu-lab.yaml` cluster as the QEMU boot tests use it: build
-//! one image per board with the test profile, stamp copies per node, boot them
+//! The `examples/qemu-lab.yaml` cluster as the QEMU boot tests use it: take
+//! the board's shared image (`super::shared`), stamp copies per node, boot them
 //! until the test overlay powers them off, and read back what the node
 //! recorded (`status.json` via `piha status`, `piha-test/observed.env` on
 //! PIHA-CFG, the recording kubeadm's calls in the root filesystem). The
@@ -9,38 +9,43 @@
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde_json::Value;
 
 use super::image::{copy_sparse, ext4_exists, ext4_read, extract, fat_list, fat_read};
 use super::qemu::{Boot, BootResult, boot};
+use super::shared::shared_build;
 use super::{piha, repo, run_ok};
 
 /// `examples/qemu-lab.yaml`'s API VIP, and the endpoint VIP:port the nodes use.
 pub const VIP: &str = "10.0.2.100";
 pub const API_ENDPOINT: &str = "10.0.2.100:6443";
 
-/// A `piha init`-ed copy of `examples/qemu-lab.yaml` and the image built from it.
+/// A `piha init`-ed copy of `examples/qemu-lab.yaml` and the shared image of its board.
 pub struct Lab {
-    /// `target/piha-lab/BOARD`: the cluster file, its secrets, the build and
-    /// every stamped copy with its console log.
+    /// `target/piha-lab/BOARD`: the cluster file, its secrets and every
+    /// stamped copy with its console log.
     pub dir: PathBuf,
     pub cluster: PathBuf,
+    /// The shared build's image: read and copied, never written.
     pub image: PathBuf,
 }
 
 impl Lab {
-    /// Writes `examples/qemu-lab.yaml` with every `board: amd64` node on `board`
-    /// and each `(from, to)` of `edits` replaced, runs `piha init`, then
-    /// `piha build --board BOARD --distro debian-bookworm --profile test`.
+    /// The shared `board` image (`super::shared`, built once per test run
+    /// from `examples/qemu-lab.yaml` by the printed offline route) and a
+    /// `piha init`-ed copy of `examples/qemu-lab.yaml` with every
+    /// `board: amd64` node on `board` and each `(from, to)` of `edits`
+    /// replaced, for stamping. Edits change only what goes onto a card (the
+    /// image is the same for every node of a board), so no edit rebuilds.
     ///
-    /// Everything goes to `target/piha-lab/BOARD`, emptied first: a Lab lives
-    /// in a static, which is never dropped, so a temporary directory would
-    /// leak gigabytes of images per run; this way each run reclaims the last
-    /// one's space, and a failed run's console logs and images stay there to
-    /// be read.
-    pub fn build(board: &str, edits: &[(&str, &str)]) -> Lab {
+    /// The copy, its secrets and every stamped image go to
+    /// `target/piha-lab/BOARD`, emptied first: a Lab lives in a static, which
+    /// is never dropped, so a temporary directory would leak gigabytes of
+    /// images per run; this way each run reclaims the last one's space, and a
+    /// failed run's console logs and images stay there to be read.
+    pub fn new(board: &str, edits: &[(&str, &str)]) -> Lab {
+        let image = shared_build(board).image.clone();
         let dir = repo().join("target/piha-lab").join(board);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
@@ -61,12 +66,6 @@ impl Lab {
         }
         std::fs::write(&cluster, text).expect("write cluster file");
         run_ok(piha().arg("init").arg("--cluster").arg(&cluster));
-        let out = dir.join("out");
-        let start = Instant::now();
-        run_ok(&mut test_build(board, &cluster, &out));
-        eprintln!("{board}: piha build took {:?}", start.elapsed());
-        let image = out.join(format!("qemu-lab-{board}.img"));
-        assert!(image.exists(), "build wrote no {}", image.display());
         Lab { dir, cluster, image }
     }
 
@@ -346,8 +345,9 @@ pub fn assert_worker_joined(lab: &Lab, img: &Path, r: &BootResult, node: &str, a
     );
 }
 
-/// `piha build --board BOARD --distro debian-bookworm --profile test`: what
-/// every test builds (Debian from the host's mirror, the recording kubeadm).
+/// `piha build --board BOARD --distro debian-bookworm --profile test` for
+/// `cluster` into `out`: for builds piha must refuse (the images the tests
+/// use come from `super::shared`).
 pub fn test_build(board: &str, cluster: &Path, out: &Path) -> std::process::Command {
     let mut cmd = piha();
     cmd.args([

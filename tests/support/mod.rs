@@ -8,6 +8,7 @@ pub mod disk;
 pub mod image;
 pub mod lab;
 pub mod qemu;
+pub mod shared;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
