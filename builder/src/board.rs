@@ -43,6 +43,31 @@ impl Arch {
         }
     }
 
+    /// The GNU toolchain prefix of its cross tools (`aarch64-linux-gnu-gcc`).
+    pub fn gnu_prefix(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-linux-gnu",
+            Arch::Arm64 => "aarch64-linux-gnu",
+        }
+    }
+
+    /// The ELF `e_machine` of its binaries: EM_X86_64 (62), EM_AARCH64 (183).
+    pub fn elf_machine(self) -> u16 {
+        match self {
+            Arch::Amd64 => 62,
+            Arch::Arm64 => 183,
+        }
+    }
+
+    /// The GPT partition type GUID of a Linux root filesystem for it (the
+    /// discoverable-partitions type that systemd-gpt-auto-generator mounts).
+    pub fn gpt_root_type(self) -> uuid::Uuid {
+        match self {
+            Arch::Amd64 => uuid::Uuid::from_u128(0x4F68BCE3_E8CD_4DB1_96E7_FBCAF984B709),
+            Arch::Arm64 => uuid::Uuid::from_u128(0xB921B045_1DF0_41C3_AF44_4C6F280D3FAE),
+        }
+    }
+
     /// The architecture of the machine piha runs on, if it is one images are built for.
     pub fn host() -> Option<Arch> {
         match std::env::consts::ARCH {

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         Command::Validate(o) => piha::validate::run(&o),
         Command::Render(o) => piha::render::run(&o),
         Command::Stamp(o) => piha::stamp::run(&o),
-        Command::Build(o) => piha::build::run(&o),
+        Command::Build(o) => piha::commands::build::run(&o),
         Command::Flash(o) => piha::flash::run(&o),
         Command::Doctor(o) => piha::doctor::run(&o),
         Command::Status(o) => piha::status::run(&o),

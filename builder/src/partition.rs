@@ -13,7 +13,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use piha_config::node::CONFIG_LABEL;
-use piha_runner::{Cmd, RunError, Runner};
+use piha_runner::{Cmd, RunError, RunJson, Runner};
 use serde::Deserialize;
 
 use crate::fat;

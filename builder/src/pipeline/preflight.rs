@@ -11,7 +11,7 @@ use piha_runner::{Cmd, Runner};
 
 use crate::board::Arch;
 use crate::doctor::{self, Need};
-use crate::plan::{Plan, Reachable};
+use crate::pipeline::plan::{Plan, Reachable};
 use crate::progress::Progress;
 
 /// How long one source may take to answer.

@@ -1,0 +1,4 @@
+//! One module per subcommand: parse the options, call the library, print.
+//! Commands never call each other.
+
+pub mod build;
