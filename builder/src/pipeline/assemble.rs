@@ -163,39 +163,15 @@ pub fn assemble(runner: &dyn Runner, layout: &DiskLayout, out_image: &Path, prog
         prepared.push(prepare(layout, i as u32 + 1, p, progress).with_context(|| format!("preparing partition {} ({})", i + 1, p.name))?);
     }
     let tmp = temp_path(out_image);
-    let mut retried = false;
-    let (slots, size) = loop {
-        let sizes: Vec<u64> = prepared.iter().map(Prepared::size).collect();
-        let (slots, size) = disk::place(&sizes, layout.table == TableKind::Gpt);
-        match write_image(runner, layout, &mut prepared, &slots, size, &tmp, progress) {
-            Ok(()) => break (slots, size),
-            Err(WriteError::NoSpace(i, e)) => {
-                let Prepared::Ext4 { mkfs, fit: true } = &mut prepared[i] else {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "partition {} ({}) has a fixed size that is too small: raise its size",
-                        i + 1,
-                        layout.partitions[i].name
-                    )));
-                };
-                if retried {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(anyhow::Error::new(e).context("the root filesystem did not fit even after growing it by half"));
-                }
-                retried = true;
-                mkfs.sizing = ext4::grown(mkfs.sizing);
-                progress(&format!(
-                    "{}: estimate was short, retrying with {} MiB",
-                    mkfs.label,
-                    mkfs.sizing.size_bytes >> 20
-                ));
-            }
-            Err(WriteError::Other(e)) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.context(format!("assembling {}", out_image.display())));
-            }
-        }
+    let t = Target {
+        path: &tmp,
+        image: out_image,
+        runner,
+        progress,
     };
+    let (slots, size) = write_fitting(&t, layout, &mut prepared).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
     std::fs::rename(&tmp, out_image).with_context(|| format!("renaming {} to {}", tmp.display(), out_image.display()))?;
     let partitions = layout
         .partitions
@@ -215,6 +191,38 @@ pub fn assemble(runner: &dyn Runner, layout: &DiskLayout, out_image: &Path, prog
         size,
         partitions,
     })
+}
+
+/// Places the partitions and writes the image; when mke2fs runs out of room
+/// in a root sized by estimate, grows it once and writes again.
+fn write_fitting(t: &Target, layout: &DiskLayout, prepared: &mut [Prepared]) -> anyhow::Result<(Vec<Slot>, u64)> {
+    let mut retried = false;
+    loop {
+        let sizes: Vec<u64> = prepared.iter().map(Prepared::size).collect();
+        let (slots, size) = disk::place(&sizes, layout.table == TableKind::Gpt);
+        let (i, e) = match write_image(t, layout, prepared, &slots, size) {
+            Ok(()) => return Ok((slots, size)),
+            Err(WriteError::NoSpace(i, e)) => (i, e),
+            Err(WriteError::Other(e)) => return Err(e.context(format!("assembling {}", t.image.display()))),
+        };
+        let Prepared::Ext4 { mkfs, fit: true } = &mut prepared[i] else {
+            return Err(anyhow::Error::new(e).context(format!(
+                "partition {} ({}) has a fixed size that is too small: raise its size",
+                i + 1,
+                layout.partitions[i].name
+            )));
+        };
+        if retried {
+            return Err(anyhow::Error::new(e).context("the root filesystem did not fit even after growing it by half"));
+        }
+        retried = true;
+        mkfs.sizing = ext4::grown(mkfs.sizing);
+        (t.progress)(&format!(
+            "{}: estimate was short, retrying with {} MiB",
+            mkfs.label,
+            mkfs.sizing.size_bytes >> 20
+        ));
+    }
 }
 
 /// A partition's content, ready to be written.
@@ -306,16 +314,19 @@ fn prepare(layout: &DiskLayout, index: u32, p: &PartSpec, progress: &dyn Fn(&str
     }
 }
 
-/// Writes the whole image at `path`: contents first, partition table last.
-fn write_image(
-    runner: &dyn Runner,
-    layout: &DiskLayout,
-    prepared: &mut [Prepared],
-    slots: &[Slot],
-    size: u64,
-    path: &Path,
-    progress: &dyn Fn(&str),
-) -> Result<(), WriteError> {
+/// The image file being written, the runner for mke2fs and debugfs, and where progress goes.
+struct Target<'a> {
+    /// The temporary file written.
+    path: &'a Path,
+    /// The name it gets once complete.
+    image: &'a Path,
+    runner: &'a dyn Runner,
+    progress: &'a dyn Fn(&str),
+}
+
+/// Writes the whole image: contents first, partition table last.
+fn write_image(t: &Target, layout: &DiskLayout, prepared: &mut [Prepared], slots: &[Slot], size: u64) -> Result<(), WriteError> {
+    let path = t.path;
     // A fresh file each attempt: set_len makes one big hole to fill.
     let mut file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.set_len(size)
@@ -323,36 +334,51 @@ fn write_image(
     for (i, (content, slot)) in prepared.iter_mut().zip(slots).enumerate() {
         let name = &layout.partitions[i].name;
         match content {
-            Prepared::Fat(bytes) => {
-                let start_sector = u32::try_from(slot.start / disk::SECTOR).context("partition starts beyond 2 TiB")?;
-                crate::fat::set_hidden_sectors(bytes, start_sector)?;
-                let written = disk::write_fat(&file, slot.start, bytes)?;
-                progress(&format!("{name}: wrote {} KiB of FAT at {} MiB", written >> 10, slot.start >> 20));
-            }
-            Prepared::Ext4 { mkfs, .. } => {
-                progress(&format!(
-                    "{name}: mke2fs {} MiB from {}",
-                    mkfs.sizing.size_bytes >> 20,
-                    mkfs.tar.display()
-                ));
-                match ext4::make(runner, mkfs, path, slot.start) {
-                    Ok(()) => {}
-                    Err(e @ MkfsError::NoSpace { .. }) => return Err(WriteError::NoSpace(i, e)),
-                    Err(e) => {
-                        return Err(WriteError::Other(
-                            anyhow::Error::new(e).context(format!("making the ext4 filesystem of {name}")),
-                        ));
-                    }
-                }
-                let zeroed = ext4::zero_journal(runner, path, slot.start)?;
-                progress(&format!("{name}: zeroed the {} MiB journal", zeroed >> 20));
-            }
+            Prepared::Fat(bytes) => write_fat(t, &file, bytes, slot, name)?,
+            Prepared::Ext4 { mkfs, .. } => match write_ext4(t, mkfs, slot, name)? {
+                Ok(()) => {}
+                Err(e) => return Err(WriteError::NoSpace(i, e)),
+            },
         }
     }
-    progress(&format!("writing the partition table ({:?})", layout.table));
+    (t.progress)(&format!("writing the partition table ({:?})", layout.table));
+    write_table(&mut file, layout, slots)?;
+    file.sync_all().with_context(|| format!("flushing {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes a FAT built in memory at its partition's offset.
+fn write_fat(t: &Target, file: &File, bytes: &mut [u8], slot: &Slot, name: &str) -> anyhow::Result<()> {
+    let start_sector = u32::try_from(slot.start / disk::SECTOR).context("partition starts beyond 2 TiB")?;
+    crate::fat::set_hidden_sectors(bytes, start_sector)?;
+    let written = disk::write_fat(file, slot.start, bytes)?;
+    (t.progress)(&format!("{name}: wrote {} KiB of FAT at {} MiB", written >> 10, slot.start >> 20));
+    Ok(())
+}
+
+/// Makes the ext4 inside the image and zeroes its journal; the inner error
+/// is mke2fs running out of space, which a retry with a bigger size may fix.
+fn write_ext4(t: &Target, mkfs: &ext4::Mkfs, slot: &Slot, name: &str) -> anyhow::Result<Result<(), MkfsError>> {
+    (t.progress)(&format!(
+        "{name}: mke2fs {} MiB from {}",
+        mkfs.sizing.size_bytes >> 20,
+        mkfs.tar.display()
+    ));
+    match ext4::make(t.runner, mkfs, t.path, slot.start) {
+        Ok(()) => {}
+        Err(e @ MkfsError::NoSpace { .. }) => return Ok(Err(e)),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("making the ext4 filesystem of {name}"))),
+    }
+    let zeroed = ext4::zero_journal(t.runner, t.path, slot.start)?;
+    (t.progress)(&format!("{name}: zeroed the {} MiB journal", zeroed >> 20));
+    Ok(Ok(()))
+}
+
+/// Writes the GPT (with its protective MBR) or the MBR.
+fn write_table(file: &mut File, layout: &DiskLayout, slots: &[Slot]) -> anyhow::Result<()> {
     match layout.table {
         TableKind::Gpt => {
-            let parts = layout
+            let parts: Vec<GptPartition> = layout
                 .partitions
                 .iter()
                 .zip(slots)
@@ -363,8 +389,8 @@ fn write_image(
                     name: p.name.clone(),
                     slot: *slot,
                 })
-                .collect::<Vec<_>>();
-            disk::write_gpt(&mut file, layout.disk_guid(), &parts)?;
+                .collect();
+            disk::write_gpt(file, layout.disk_guid(), &parts)?;
         }
         TableKind::Mbr => {
             let parts: Vec<MbrPartition> = layout
@@ -377,10 +403,9 @@ fn write_image(
                     slot: *slot,
                 })
                 .collect();
-            disk::write_mbr(&mut file, layout.mbr_signature(), &parts)?;
+            disk::write_mbr(file, layout.mbr_signature(), &parts)?;
         }
     }
-    file.sync_all().with_context(|| format!("flushing {}", path.display()))?;
     Ok(())
 }
 

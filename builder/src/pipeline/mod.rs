@@ -74,6 +74,8 @@ pub struct Env<'a> {
     pub progress: &'a Progress,
     /// The cache directory (root filesystems, .debs, agents, the build root).
     pub cache: PathBuf,
+    /// The output directory.
+    pub out: PathBuf,
     /// The build's one timestamp, read once.
     pub epoch: u64,
 }
@@ -169,68 +171,85 @@ pub fn build(opts: &Options, runner: &dyn Runner, progress: &Progress) -> anyhow
         runner,
         progress,
         cache: cache::cache_dir(opts.cache_dir.as_deref())?,
+        out: opts.out.clone(),
         epoch: epoch::source_date_epoch()?,
     };
     let rootfs = timed(&mut t.rootfs, || rootfs::ensure(&plan, &env, opts.no_cache))?;
     let agent = timed(&mut t.agent, || agent_for(&plan, &env))?;
-    let input_hash = identity::input_hash(&plan, &rootfs.key, &agent.sha256, env.epoch)?;
-    let info_json = ImageInfo::new(&plan, &input_hash).to_json()?;
-
-    // Intermediate files live beside the output (same filesystem, removed at the end).
-    let work = tempfile::Builder::new()
-        .prefix(".piha-work-")
-        .tempdir_in(&opts.out)
-        .with_context(|| format!("creating a work directory in {}", opts.out.display()))?;
-    let root_tar = work.path().join("root.tar");
-    let customization = customization(&plan, &agent.bytes, &info_json, env.epoch)?;
-    let customized = timed(&mut t.customize, || {
-        customize_stage(&plan, &env, &rootfs, &customization, &root_tar)
-    })?;
-    let inputs = layout::Inputs {
-        info_json: &info_json,
-        root_tar: &root_tar,
-        input_hash: &input_hash,
-        epoch: env.epoch,
-    };
-    let image = image_path(&opts.out, &plan.req.cluster.name, &plan.req.board.name);
-    let assembled = timed(&mut t.assemble, || assemble_stage(&plan, &env, &customized, &inputs, &image))?;
-    let artifacts = timed(&mut t.package, || package_stage(&env, &assembled, &opts.out))?;
-    drop(work);
-
-    let built = Built {
-        input_hash: &input_hash,
-        rootfs_key: &rootfs.key,
-        packages: &customized.packages,
-        artifacts: &artifacts,
-    };
-    let manifest = package::write_manifest(&plan, &built, &opts.out)?;
+    let made = make_image(&plan, &env, &rootfs, &agent, &mut t)?;
     t.total = secs(start.elapsed());
-    let agent_cache = match agent.origin {
-        agent::Origin::Given => None,
-        agent::Origin::Built(_, cache) => Some(cache),
-    };
     Ok(Summary {
         board: plan.req.board.name.clone(),
         distro: plan.req.distro.name.clone(),
         arch: plan.arch.deb().to_string(),
         profile: plan.req.profile,
         cluster: plan.req.cluster_label.clone(),
-        input_hash,
-        image: artifacts.image.clone(),
-        image_size: assembled.size,
-        compressed_size: std::fs::metadata(&artifacts.compressed)
-            .with_context(|| format!("reading {}", artifacts.compressed.display()))?
-            .len(),
-        compressed: artifacts.compressed,
-        bmap: artifacts.bmap,
-        sha256sums: artifacts.sha256sums,
-        manifest,
+        input_hash: made.input_hash,
+        image: made.artifacts.image,
+        image_size: made.image_size,
+        compressed: made.artifacts.compressed,
+        compressed_size: made.compressed_size,
+        bmap: made.artifacts.bmap,
+        sha256sums: made.artifacts.sha256sums,
+        manifest: made.manifest,
         rootfs_cache: rootfs.cache,
         rootfs,
-        agent_cache,
-        packages: customized.packages.len(),
+        agent_cache: agent.origin.cache(),
+        packages: made.packages,
         skipped: plan.skipped.clone(),
         timings: t,
+    })
+}
+
+/// What stages 2 to 4 made.
+struct Made {
+    input_hash: String,
+    artifacts: Artifacts,
+    image_size: u64,
+    compressed_size: u64,
+    manifest: PathBuf,
+    /// How many packages the image has installed.
+    packages: usize,
+}
+
+/// Stages 2 to 4: customize, assemble, package, and the manifest.
+fn make_image(plan: &Plan, env: &Env, rootfs: &Rootfs, agent: &AgentBinary, t: &mut Timings) -> anyhow::Result<Made> {
+    let input_hash = identity::input_hash(plan, &rootfs.key, &agent.sha256, env.epoch)?;
+    let info_json = ImageInfo::new(plan, &input_hash).to_json()?;
+    // Intermediate files live beside the output (same filesystem, removed at the end).
+    let work = tempfile::Builder::new()
+        .prefix(".piha-work-")
+        .tempdir_in(&env.out)
+        .with_context(|| format!("creating a work directory in {}", env.out.display()))?;
+    let root_tar = work.path().join("root.tar");
+    let customization = customization(plan, &agent.bytes, &info_json, env.epoch)?;
+    let customized = timed(&mut t.customize, || customize_stage(plan, env, rootfs, &customization, &root_tar))?;
+    let inputs = layout::Inputs {
+        info_json: &info_json,
+        root_tar: &root_tar,
+        input_hash: &input_hash,
+        epoch: env.epoch,
+    };
+    let assembled = timed(&mut t.assemble, || assemble_stage(plan, env, &customized, &inputs))?;
+    let artifacts = timed(&mut t.package, || package_stage(env, &assembled))?;
+    drop(work);
+    let built = Built {
+        input_hash: &input_hash,
+        rootfs_key: &rootfs.key,
+        packages: &customized.packages,
+        artifacts: &artifacts,
+    };
+    let manifest = package::write_manifest(plan, &built, &env.out)?;
+    let compressed_size = std::fs::metadata(&artifacts.compressed)
+        .with_context(|| format!("reading {}", artifacts.compressed.display()))?
+        .len();
+    Ok(Made {
+        input_hash,
+        artifacts,
+        image_size: assembled.size,
+        compressed_size,
+        manifest,
+        packages: customized.packages.len(),
     })
 }
 
@@ -283,20 +302,21 @@ fn customize_stage(plan: &Plan, env: &Env, rootfs: &Rootfs, c: &Customization, r
     Ok(customized)
 }
 
-/// Stage 3: the boot files and the board's layout, assembled into `image`.
-fn assemble_stage(plan: &Plan, env: &Env, customized: &Customized, inputs: &layout::Inputs, image: &Path) -> anyhow::Result<Assembled> {
+/// Stage 3: the boot files and the board's layout, assembled into the image.
+fn assemble_stage(plan: &Plan, env: &Env, customized: &Customized, inputs: &layout::Inputs) -> anyhow::Result<Assembled> {
+    let image = image_path(&env.out, &plan.req.cluster.name, &plan.req.board.name);
     let boot_files = layout::boot_files(plan, customized.boot_files.clone())?;
     let layout = layout::disk_layout(plan, boot_files, inputs)?;
     let task = env.progress.task("assemble: filesystems and partition table");
-    let assembled = assemble::assemble(env.runner, &layout, image, &|m| task.message(m))?;
+    let assembled = assemble::assemble(env.runner, &layout, &image, &|m| task.message(m))?;
     task.finish();
     Ok(assembled)
 }
 
 /// Stage 4's files beside the image (the manifest comes after, once the work directory is gone).
-fn package_stage(env: &Env, assembled: &Assembled, out: &Path) -> anyhow::Result<Artifacts> {
+fn package_stage(env: &Env, assembled: &Assembled) -> anyhow::Result<Artifacts> {
     let task = env.progress.task("package: zstd, bmap, SHA256SUMS");
-    let artifacts = package::package(env.runner, assembled, out, &|m| task.message(m))?;
+    let artifacts = package::package(env.runner, assembled, &env.out, &|m| task.message(m))?;
     task.finish();
     Ok(artifacts)
 }

@@ -31,6 +31,16 @@ pub enum Origin {
     Built(AgentBuildPath, Cache),
 }
 
+impl Origin {
+    /// Whether a built agent came from the cache; `None` for a given one.
+    pub fn cache(self) -> Option<Cache> {
+        match self {
+            Origin::Given => None,
+            Origin::Built(_, cache) => Some(cache),
+        }
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
