@@ -490,6 +490,18 @@ mod tests {
     }
 
     #[test]
+    fn mirror_flag_wins_for_the_main_suites() {
+        let mut req = request("debian-bookworm", Profile::Test, Runtime::Containerd);
+        req.mirror = Some("http://flag.test/debian/".into());
+        let p = Plan::resolve(req, &host(), &data()).unwrap();
+        assert_eq!(
+            (p.sources[0].url.as_str(), p.sources[0].from),
+            ("http://flag.test/debian", MirrorSource::Flag)
+        );
+        assert_eq!(p.sources[2].from, MirrorSource::HostApt, "security keeps its own mirror");
+    }
+
+    #[test]
     fn production_without_a_source_explains_both_routes() {
         let mut req = request("debian-bookworm", Profile::Production, Runtime::Containerd);
         req.distro.kubernetes_source = None;

@@ -381,7 +381,6 @@ fn customize_hook() -> String {
 
 /// The mmdebstrap command writing the tarball `out`, with `debs` as its .deb cache.
 fn command(plan: &Plan, recipe: &Recipe, out: &Path, debs: &Path) -> Cmd {
-    let keys = &recipe.keys;
     let family = plan.req.distro.family;
     let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
     let mut cmd = Cmd::new("mmdebstrap")
@@ -393,25 +392,10 @@ fn command(plan: &Plan, recipe: &Recipe, out: &Path, debs: &Path) -> Cmd {
     for deb in &plan.bundle_debs {
         cmd = cmd.arg(format!("--include={}", deb.display()));
     }
-    for opt in DPKG_EXCLUDES {
-        cmd = cmd.arg(format!("--dpkgopt={opt}"));
-    }
-    for pattern in plan.req.board.dpkg_excludes() {
-        cmd = cmd.arg(format!("--dpkgopt=path-exclude={pattern}"));
-    }
-    cmd = cmd.arg(format!("--setup-hook={}", recipe.setup_hook));
-    if !keys.is_empty() {
-        // mmdebstrap's own apt trusts the keys through --keyring; the image's
-        // apt finds them in trusted.gpg.d for later upgrades.
-        let dir = keys[0].path.parent().expect("key in a directory");
-        let mut copy = String::from("copy-in");
-        for k in keys {
-            copy.push(' ');
-            copy.push_str(&k.path.display().to_string());
-        }
-        copy.push_str(" /etc/apt/trusted.gpg.d/");
-        cmd = cmd.arg(format!("--keyring={}", dir.display())).arg(format!("--setup-hook={copy}"));
-    }
+    cmd = cmd
+        .args(dpkg_options(plan))
+        .arg(format!("--setup-hook={}", recipe.setup_hook))
+        .args(keyring_options(&recipe.keys));
     if !plan.bundle_debs.is_empty() {
         cmd = cmd.arg("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount");
     }
@@ -442,6 +426,33 @@ fn command(plan: &Plan, recipe: &Recipe, out: &Path, debs: &Path) -> Cmd {
         cmd = cmd.arg(format!("deb {} /", r.repo.url));
     }
     cmd.env("SOURCE_DATE_EPOCH", recipe.epoch.to_string())
+}
+
+/// `--dpkgopt`s: the path excludes every image has, then the board's.
+fn dpkg_options(plan: &Plan) -> Vec<String> {
+    let common = DPKG_EXCLUDES.iter().map(|opt| format!("--dpkgopt={opt}"));
+    let board = plan
+        .req
+        .board
+        .dpkg_excludes()
+        .into_iter()
+        .map(|p| format!("--dpkgopt=path-exclude={p}"));
+    common.chain(board).collect()
+}
+
+/// The extra repositories' keys: mmdebstrap's own apt trusts them through
+/// --keyring; the image's apt finds them in trusted.gpg.d for later upgrades.
+fn keyring_options(keys: &[RepoKey]) -> Vec<String> {
+    let Some(dir) = keys.first().and_then(|k| k.path.parent()) else {
+        return Vec::new();
+    };
+    let mut copy = String::from("copy-in");
+    for k in keys {
+        copy.push(' ');
+        copy.push_str(&k.path.display().to_string());
+    }
+    copy.push_str(" /etc/apt/trusted.gpg.d/");
+    vec![format!("--keyring={}", dir.display()), format!("--setup-hook={copy}")]
 }
 
 #[cfg(test)]
