@@ -1,4 +1,4 @@
-//! Times `piha::assemble::assemble` (stages 3–4 of `piha build`) on a root tar,
+//! Times `piha::pipeline::assemble::assemble` (stages 3–4 of `piha build`) on a root tar,
 //! for `bench/assemble.sh`, which runs genimage on the same inputs.
 //!
 //! An example rather than a CLI subcommand (the CLI has no hidden commands) or
@@ -17,9 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use piha::assemble::{Content, DiskLayout, PartKind, PartSpec, TableKind, assemble, package};
-use piha::fat::{FatFile, FatType};
-use piha::{compress, ext4};
+use piha::pipeline::assemble::{Content, DiskLayout, PartKind, PartSpec, TableKind, assemble};
+use piha::inputs::board::Arch;
+use piha::image::fat::{FatFile, FatType};
+use piha::pipeline::package::package;
+use piha::image::{compress, ext4};
+use piha_runner::SystemRunner;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,7 +51,7 @@ fn main() -> anyhow::Result<()> {
     read_tree(&cfg_dir, "", &mut cfg_files)?;
     let layout = DiskLayout {
         table: TableKind::Gpt,
-        arch: "amd64".into(),
+        arch: Arch::Amd64,
         partitions: vec![
             PartSpec {
                 name: "ESP".into(),
@@ -82,11 +85,14 @@ fn main() -> anyhow::Result<()> {
             },
         ],
         seed: [1; 32],
+        epoch: piha::pipeline::epoch::DEFAULT_SOURCE_DATE_EPOCH,
     };
 
     let image = out.join("piha.img");
     let started = Instant::now();
-    let assembled = assemble(&layout, &image, &|m| eprintln!("  {:6.2}s {m}", started.elapsed().as_secs_f64()))?;
+    let assembled = assemble(&SystemRunner, &layout, &image, &|m| {
+        eprintln!("  {:6.2}s {m}", started.elapsed().as_secs_f64())
+    })?;
     println!("piha_assemble_s={:.2}", started.elapsed().as_secs_f64());
 
     // What genimage needs to make the same disk (the same mke2fs inputs).
@@ -116,7 +122,7 @@ fn main() -> anyhow::Result<()> {
     }
     if do_package {
         let started = Instant::now();
-        let art = package(&assembled, &out, &|m| eprintln!("  {m}"))?;
+        let art = package(&SystemRunner, &assembled, &out, &|m| eprintln!("  {m}"))?;
         println!("piha_package_s={:.2}", started.elapsed().as_secs_f64());
         println!("compressed_bytes={}", std::fs::metadata(&art.compressed)?.len());
     }

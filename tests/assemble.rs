@@ -11,9 +11,11 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use piha::assemble::{Assembled, Content, DiskLayout, PartKind, PartSpec, TableKind, assemble, assemble_with, package};
-use piha::bmap::Bmap;
-use piha::fat::{FatFile, FatType};
+use piha::pipeline::assemble::{Assembled, Content, DiskLayout, PartKind, PartSpec, TableKind, assemble};
+use piha::image::bmap::Bmap;
+use piha::inputs::board::Arch;
+use piha::image::fat::{FatFile, FatType};
+use piha::pipeline::package::package;
 use piha_runner::{Cmd, Output, RunError, Runner, SystemRunner};
 use support::image::table;
 
@@ -122,7 +124,7 @@ fn layout(table: TableKind, tar: &Path) -> DiskLayout {
     };
     DiskLayout {
         table,
-        arch: "amd64".into(),
+        arch: Arch::Amd64,
         partitions: vec![
             first,
             PartSpec {
@@ -147,6 +149,7 @@ fn layout(table: TableKind, tar: &Path) -> DiskLayout {
             },
         ],
         seed: [42; 32],
+        epoch: MTIME,
     }
 }
 
@@ -181,7 +184,10 @@ fn build(table: TableKind, dir: &Path) -> (DiskLayout, Assembled) {
     make_tar(&tar);
     let l = layout(table, &tar);
     let lines = std::cell::RefCell::new(Vec::new());
-    let a = assemble(&l, &dir.join("test.img"), &|m| lines.borrow_mut().push(m.to_string())).unwrap();
+    let a = assemble(&SystemRunner, &l, &dir.join("test.img"), &|m| {
+        lines.borrow_mut().push(m.to_string())
+    })
+    .unwrap();
     assert!(
         lines.borrow().iter().any(|m| m.contains("mke2fs")),
         "no progress: {:?}",
@@ -316,7 +322,7 @@ fn fixed_size_too_small_names_the_partition() {
     make_tar(&tar);
     let mut l = layout(TableKind::Gpt, &tar);
     l.partitions[2].size_bytes = Some(2 << 20);
-    let err = assemble(&l, &dir.path().join("x.img"), &|_| {}).unwrap_err();
+    let err = assemble(&SystemRunner, &l, &dir.path().join("x.img"), &|_| {}).unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("partition 3 (writable)") && text.contains("raise its size"), "{text}");
     assert!(!dir.path().join("x.img").exists());
@@ -328,7 +334,7 @@ fn package_compresses_maps_and_sums() {
     let dir = tempfile::tempdir().unwrap();
     let (_, a) = build(TableKind::Gpt, dir.path());
     let out = dir.path().join("out");
-    let art = package(&a, &out, &|_| {}).unwrap();
+    let art = package(&SystemRunner, &a, &out, &|_| {}).unwrap();
     assert_eq!(art.image, out.join("test.img"));
     assert_eq!(art.compressed, out.join("test.img.zst"));
     assert_eq!(art.bmap, out.join("test.bmap"));
@@ -421,7 +427,7 @@ fn a_short_estimate_is_retried_once_bigger() {
     };
     let lines = std::cell::RefCell::new(Vec::new());
     let image = dir.path().join("retried.img");
-    let a = assemble_with(&runner, &l, &image, &|m| lines.borrow_mut().push(m.to_string())).unwrap();
+    let a = assemble(&runner, &l, &image, &|m| lines.borrow_mut().push(m.to_string())).unwrap();
     assert!(lines.borrow().iter().any(|m| m.contains("retrying")), "{:?}", lines.borrow());
     assert!(a.partitions[2].size > normal.partitions[2].size * 4 / 3, "the root grew");
     check_filesystems(&a, &image, dir.path());

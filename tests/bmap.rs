@@ -10,10 +10,10 @@ mod image;
 use std::fs;
 
 use image::{IMAGE_SIZE, TestImage, run};
-use piha::bmap::Bmap;
-use piha::flash::source::ImageSource;
-use piha::flash::target::FileTarget;
-use piha::flash::write::write_image;
+use piha::image::bmap::Bmap;
+use piha::device::source::ImageSource;
+use piha::device::target::FileTarget;
+use piha::device::write::write_image;
 use piha::progress::Progress;
 use piha_runner::{Cmd, SystemRunner};
 

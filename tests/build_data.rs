@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use piha::board::Board;
-use piha::build::{self, EMBEDDED_CLUSTER};
-use piha::catalog;
+use piha::inputs::board::Board;
+use piha::pipeline::{self, EMBEDDED_CLUSTER};
+use piha::inputs::catalog;
 use piha::cli::Profile;
-use piha::customize::{self, Customized};
-use piha::distro::Distro;
-use piha::host_apt;
-use piha::plan::{Plan, Request};
-use piha::preflight;
+use piha::pipeline::customize::{self, Customized};
+use piha::inputs::distro::Distro;
+use piha::host::apt;
+use piha::pipeline::plan::{Plan, Request};
+use piha::pipeline::preflight;
 use piha::progress::Progress;
 use piha_config::cluster::ClusterFile;
 use piha_runner::SystemRunner;
@@ -35,11 +35,11 @@ fn every_board_and_distro_file_loads() {
     assert!(c.boards.contains(&"amd64".to_string()), "{:?}", c.boards);
     assert!(c.distros.contains(&"debian-bookworm".to_string()) && c.distros.contains(&"ubuntu-noble".to_string()));
     for name in &c.boards {
-        let (board, _) = piha::board::load(name).unwrap_or_else(|e| panic!("boards/{name}.yaml: {e:#}"));
+        let (board, _) = piha::inputs::board::load(name).unwrap_or_else(|e| panic!("boards/{name}.yaml: {e:#}"));
         assert_eq!(&board.name, name);
     }
     for name in &c.distros {
-        let (distro, _, _) = piha::distro::load(name).unwrap_or_else(|e| panic!("distros/{name}.yaml: {e:#}"));
+        let (distro, _, _) = piha::inputs::distro::load(name).unwrap_or_else(|e| panic!("distros/{name}.yaml: {e:#}"));
         assert_eq!(&distro.name, name);
     }
 }
@@ -88,8 +88,8 @@ fn a_bad_distro_file_is_rejected_naming_file_and_field() {
 }
 
 fn load_req(distro: &str, profile: Profile, cluster_file: Option<&str>) -> Request {
-    let (board, board_file) = piha::board::load("amd64").unwrap();
-    let (distro, distro_file, distro_text) = piha::distro::load(distro).unwrap();
+    let (board, board_file) = piha::inputs::board::load("amd64").unwrap();
+    let (distro, distro_file, distro_text) = piha::inputs::distro::load(distro).unwrap();
     let (cluster, cluster_label) = match cluster_file {
         Some(f) => {
             let p = repo().join(f);
@@ -115,8 +115,8 @@ fn load_req(distro: &str, profile: Profile, cluster_file: Option<&str>) -> Reque
 }
 
 /// A host whose apt serves bookworm from a (fake) mirror: what `url: host` resolves against.
-fn host_sources() -> Vec<host_apt::AptSource> {
-    host_apt::parse_deb822(
+fn host_sources() -> Vec<apt::AptSource> {
+    apt::parse_deb822(
         Path::new("t.sources"),
         "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates bookworm-security\nComponents: main\n",
     )
@@ -157,13 +157,13 @@ fn the_host_mirror_comes_from_deb822_or_one_line_sources() {
         "deb [arch=amd64] http://oneline.example/debian-security bookworm-security main\n",
     )
     .unwrap();
-    let sources = host_apt::host_sources(root.path());
+    let sources = apt::host_sources(root.path());
     assert_eq!(
-        host_apt::mirror_for_suite(&sources, "bookworm").as_deref(),
+        apt::mirror_for_suite(&sources, "bookworm").as_deref(),
         Some("http://deb822.example/debian")
     );
     assert_eq!(
-        host_apt::mirror_for_suite(&sources, "bookworm-security").as_deref(),
+        apt::mirror_for_suite(&sources, "bookworm-security").as_deref(),
         Some("http://oneline.example/debian-security")
     );
 
@@ -404,7 +404,7 @@ fn customize_with(profile: Profile, dir: &Path, name: &str) -> (PathBuf, Customi
 
     let plan = plan(profile);
     let info = "{\"board\":\"amd64\"}\n";
-    let mut c = build::customization(&plan, b"\x7fELF fake agent", info, EPOCH).unwrap();
+    let mut c = pipeline::customization(&plan, b"\x7fELF fake agent", info, EPOCH).unwrap();
     c.overlays.push(extra);
     let out = dir.join(name);
     let done = customize::run(&rootfs, &c, &out, &Progress::quiet()).unwrap();

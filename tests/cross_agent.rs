@@ -1,5 +1,5 @@
 //! The aarch64 agent an arm64 image carries: built from this checkout by
-//! `piha::cross::build_agent` (on this host: the Debian trixie build root,
+//! `piha::pipeline::agent::cross::build_agent` (on this host: the Debian trixie build root,
 //! rustc 1.85), then checked as a file and run under qemu-user.
 //!
 //! Needs root (chroot), mmdebstrap, qemu-user-static with binfmt, and Debian's
@@ -13,7 +13,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use piha::cross::{AgentBuildPath, build_agent, detect, sources};
+use piha::inputs::board::Arch;
+use piha::pipeline::agent::cross::{AgentBuildPath, Workspace, build_agent, detect};
+use piha::pipeline::agent::sources;
 use piha_runner::SystemRunner;
 
 /// e_machine of an ELF file from its first 20 bytes (ELF64, little-endian).
@@ -32,14 +34,19 @@ fn elf_machine(path: &Path) -> u16 {
 fn aarch64_agent_builds_and_runs_under_qemu_user() {
     let _heavy = support::heavy();
     let cache = support::cache_dir();
-    let way = detect("arm64");
+    let way = detect(Arch::Arm64, &SystemRunner);
     eprintln!("agent build path for arm64: {way}");
 
     let repo = support::repo();
     let source_hash = || sources::hash(&repo, &sources::list(&repo).expect("listing sources")).expect("hashing sources");
     let before = source_hash();
     let started = Instant::now();
-    let bin = build_agent("arm64", &repo, &cache, &SystemRunner).expect("building the arm64 agent");
+    let ws = Workspace {
+        checkout: &repo,
+        cache_dir: &cache,
+        debian_mirror: None,
+    };
+    let (bin, _) = build_agent(Arch::Arm64, way, &ws, &SystemRunner).expect("building the arm64 agent");
     eprintln!("first build_agent: {:.1} s", started.elapsed().as_secs_f64());
     assert!(bin.starts_with(&cache), "{} is not in the cache {}", bin.display(), cache.display());
     assert_eq!(elf_machine(&bin), 183, "{} is not an EM_AARCH64 binary", bin.display());
@@ -55,7 +62,7 @@ fn aarch64_agent_builds_and_runs_under_qemu_user() {
     // A second build of unchanged sources is the cached binary (unless the
     // checkout was edited meanwhile, which happens while people work in it).
     let started = Instant::now();
-    let again = build_agent("arm64", &repo, &cache, &SystemRunner).expect("second build");
+    let (again, _) = build_agent(Arch::Arm64, way, &ws, &SystemRunner).expect("second build");
     eprintln!("second build_agent: {:.1} s", started.elapsed().as_secs_f64());
     if source_hash() == before {
         assert_eq!(again, bin);
@@ -72,10 +79,16 @@ fn aarch64_agent_builds_and_runs_under_qemu_user() {
 #[test]
 fn native_agent_is_static() {
     let _heavy = support::heavy();
-    let host = piha::cross::host_arch();
-    assert_eq!(detect(host), AgentBuildPath::Native);
-    let bin = build_agent(host, &support::repo(), &support::cache_dir(), &SystemRunner).expect("building the native agent");
-    let want = piha::cross::target(host).expect("host target").elf_machine;
+    let host = Arch::host().expect("the host is amd64 or arm64");
+    assert_eq!(detect(host, &SystemRunner), AgentBuildPath::Native);
+    let (repo, cache) = (support::repo(), support::cache_dir());
+    let ws = Workspace {
+        checkout: &repo,
+        cache_dir: &cache,
+        debian_mirror: None,
+    };
+    let (bin, _) = build_agent(host, AgentBuildPath::Native, &ws, &SystemRunner).expect("building the native agent");
+    let want = host.elf_machine();
     assert_eq!(elf_machine(&bin), want, "{}", bin.display());
     let file = support::run_ok(Command::new("file").arg("-b").arg(&bin));
     assert!(file.contains("statically linked") || file.contains("static-pie linked"), "{file}");

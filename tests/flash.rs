@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image::{CFG_SIZE, CFG_START, IMAGE_SIZE, Lab, MIB, TestImage, assert_same, failed, ok, pattern_file, run, sha256_hex};
-use piha::bmap::Bmap;
-use piha::flash::ledger::{Ledger, ledger_path};
-use piha::flash::source::ImageSource;
-use piha::flash::target::{BlockTarget, FailingTarget, Failure, FileTarget, WriteTarget};
-use piha::flash::write::{HEAD, WriteReport, write_image};
+use piha::image::bmap::Bmap;
+use piha::card::ledger::{Ledger, ledger_path};
+use piha::device::source::ImageSource;
+use piha::device::target::{BlockTarget, FailingTarget, Failure, FileTarget, WriteTarget};
+use piha::device::write::{HEAD, WriteReport, write_image};
 use piha::progress::Progress;
 use piha_config::node::NodeConfig;
 use piha_runner::{Cmd, SystemRunner};

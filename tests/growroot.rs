@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use piha::ext4::{self, Mkfs, Sizing};
+use piha::image::ext4::{self, Mkfs, Sizing};
 use piha_runner::{Cmd, Runner, SystemRunner};
 use support::disk::{Loop, Mount, noise};
 use support::image::table;

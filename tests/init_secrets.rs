@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use piha::secrets_dir::Secrets;
+use piha::card::secrets::Secrets;
 use piha_config::secrets;
 use piha_runner::{Cmd, Runner, SystemRunner};
 
@@ -137,7 +137,7 @@ fn check_pki(secrets_dir: &Path, key_text: &str) {
     let hash = fs::read_to_string(secrets_dir.join("ca-cert-hash")).unwrap();
     assert_eq!(hash.trim(), hash_by_openssl(&pki.join("ca.crt")));
     let token = fs::read_to_string(secrets_dir.join("bootstrap-token")).unwrap();
-    assert!(piha::pki::is_bootstrap_token(token.trim()), "{token}");
+    assert!(piha::card::pki::is_bootstrap_token(token.trim()), "{token}");
 
     let s = Secrets::load(secrets_dir).expect("Secrets::load");
     assert_eq!(s.ca_cert_hash().unwrap(), hash.trim());

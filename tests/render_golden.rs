@@ -58,7 +58,7 @@ fn golden_dir(cluster: &str) -> PathBuf {
 /// Loads an example through the same validation every command uses.
 fn load(cluster: &str) -> ClusterFile {
     let path = example(cluster);
-    piha::validate::load_cluster(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()))
+    piha::inputs::cluster::load_cluster(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()))
 }
 
 fn secrets_for(cfg: &NodeConfig) -> Option<JoinSecrets> {

@@ -13,8 +13,8 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use piha::fat::{FatFile, build};
-use piha::partition::{PartitionType, TableKind, read_table, sfdisk_dump};
+use piha::image::fat::{FatFile, build};
+use piha::image::partition::{PartitionType, TableKind, read_table, sfdisk_dump};
 use piha_config::node::NodeConfig;
 use piha_runner::{Cmd, Runner, SystemRunner};
 use sha2::{Digest, Sha256};

@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// CPU architecture. Board files spell it as Debian does (`amd64`, `arm64`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -65,10 +66,10 @@ impl Arch {
     /// The GPT partition type of a root filesystem for this architecture, from
     /// the Discoverable Partitions Specification
     /// (<https://uapi-group.org/specifications/specs/discoverable_partitions_specification/>).
-    pub fn gpt_root_type(self) -> &'static str {
+    pub fn gpt_root_type(self) -> Uuid {
         match self {
-            Arch::Amd64 => "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
-            Arch::Arm64 => "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+            Arch::Amd64 => Uuid::from_u128(0x4F68BCE3_E8CD_4DB1_96E7_FBCAF984B709),
+            Arch::Arm64 => Uuid::from_u128(0xB921B045_1DF0_41C3_AF44_4C6F280D3FAE),
         }
     }
 
@@ -110,5 +111,6 @@ mod tests {
         assert_eq!(Arch::from_elf_machine(183), Some(Arch::Arm64));
         assert_eq!(Arch::from_elf_machine(62), Some(Arch::Amd64));
         assert_eq!(Arch::from_elf_machine(3), None);
+        assert_eq!(Arch::Arm64.gpt_root_type().to_string(), "b921b045-1df0-41c3-af44-4c6f280d3fae");
     }
 }

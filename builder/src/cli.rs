@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use crate::pipeline::plan::Profile;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -124,12 +127,18 @@ pub struct StampOpts {
     pub allow_non_removable: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Profile {
-    /// What users flash: real Kubernetes packages.
-    Production,
-    /// Adds the test-only overlay (recording kubeadm, power-off when the agent is done).
-    Test,
+impl ValueEnum for Profile {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Profile::Production, Profile::Test]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self {
+            Profile::Production => "What users flash: real Kubernetes packages",
+            Profile::Test => "Adds the test-only overlay (recording kubeadm, power-off when the agent is done)",
+        };
+        Some(PossibleValue::new(self.as_str()).help(help))
+    }
 }
 
 #[derive(Debug, Args)]

@@ -18,27 +18,6 @@ pub mod host;
 pub mod image;
 pub mod inputs;
 pub mod logging;
+pub mod pipeline;
 pub mod progress;
 
-pub mod agent_bin;
-pub mod assemble;
-pub mod build;
-pub mod cross;
-pub mod customize;
-pub mod manifest;
-pub mod plan;
-pub mod preflight;
-pub mod rootfs;
-pub mod units;
-
-// Old paths, kept while the pipeline moves; removed once every caller uses the layers.
-pub use card::{pki, secrets as secrets_dir};
-pub use host::{apt as host_apt, doctor};
-pub use image::{bmap, compress, digest as checksums, disk, ext4, fat, partition};
-pub use inputs::cluster as validate;
-pub use inputs::{board, catalog, distro};
-pub mod flash {
-    //! Old paths of the device stack, kept while it moves.
-    pub use crate::card::ledger;
-    pub use crate::device::{safety, source, target, verify, write};
-}

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         Command::Validate(o) => commands::validate::run(&o),
         Command::Render(o) => commands::render::run(&o),
         Command::Stamp(o) => commands::stamp::run(&o),
-        Command::Build(o) => piha::build::run(&o),
+        Command::Build(o) => commands::build::run(&o),
         Command::Flash(o) => commands::flash::run(&o),
         Command::Doctor(o) => commands::doctor::run(&o),
         Command::Status(o) => commands::status::run(&o),

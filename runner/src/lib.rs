@@ -101,12 +101,16 @@ impl RunError {
 /// Runs commands. `SystemRunner` for real; tests substitute their own.
 pub trait Runner: Send + Sync {
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError>;
+}
 
-    /// Runs a command and parses its stdout as JSON (`sfdisk -J`, `ip -j`).
-    fn run_json<T: serde::de::DeserializeOwned>(&self, cmd: &Cmd) -> Result<T, RunError>
-    where
-        Self: Sized,
-    {
+/// Parsing a command's JSON output mode, for every runner, `&dyn Runner` included.
+pub trait RunJson {
+    /// Runs a command and parses its stdout as JSON (`sfdisk -J`, `lsblk -J`, `ip -j`).
+    fn run_json<T: serde::de::DeserializeOwned>(&self, cmd: &Cmd) -> Result<T, RunError>;
+}
+
+impl<R: Runner + ?Sized> RunJson for R {
+    fn run_json<T: serde::de::DeserializeOwned>(&self, cmd: &Cmd) -> Result<T, RunError> {
         let out = self.run(cmd)?;
         serde_json::from_slice(&out.stdout).map_err(|e| RunError::Parse { command: cmd.display(), detail: e.to_string() })
     }
@@ -222,7 +226,19 @@ impl Runner for RecordingRunner {
 
 #[cfg(test)]
 mod tests {
-    use super::{Cmd, RecordingRunner, RunError, Runner, SystemRunner, tail};
+    use super::{Cmd, Output, RecordingRunner, RunError, RunJson, Runner, SystemRunner, tail};
+
+    #[test]
+    fn json_through_a_dyn_runner() {
+        let recording = RecordingRunner::new();
+        recording.respond("lsblk", Ok(Output { stdout: br#"{"size": 42}"#.to_vec(), stderr: Vec::new() }));
+        recording.respond("lsblk", Ok(Output { stdout: b"not json".to_vec(), stderr: Vec::new() }));
+        let runner: &dyn Runner = &recording;
+        let v: serde_json::Value = runner.run_json(&Cmd::new("lsblk").arg("-J")).unwrap();
+        assert_eq!(v["size"], 42);
+        let err = runner.run_json::<serde_json::Value>(&Cmd::new("lsblk").arg("-J")).unwrap_err();
+        assert!(matches!(err, RunError::Parse { .. }), "{err}");
+    }
 
     #[test]
     fn failure_carries_stderr_tail() {

@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use piha::bmap::Bmap;
+use piha::image::bmap::Bmap;
 use piha_runner::{Cmd, Runner, SystemRunner};
 use sha2::{Digest, Sha256};
 

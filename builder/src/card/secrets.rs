@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use piha_config::cluster::ClusterFile;
 use piha_config::secrets::{self, SecretFile};
 
-use crate::pki;
+use crate::card::pki;
 
 /// Names the cluster the secrets belong to, so one cluster's secrets are never
 /// stamped onto another cluster's cards.

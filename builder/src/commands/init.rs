@@ -7,8 +7,8 @@ use anyhow::{Context, bail};
 use piha_config::cluster::KeyAlgorithm;
 
 use crate::cli::{InitOpts, RotateSecretsOpts};
-use crate::secrets_dir::{self, Outcome, Secrets};
-use crate::validate;
+use crate::card::secrets::{self, Outcome, Secrets};
+use crate::inputs::cluster;
 
 /// The example written by `piha init` when the cluster file does not exist yet.
 pub const EXAMPLE: &str = include_str!("../../../examples/homelab.yaml");
@@ -20,13 +20,13 @@ pub fn run(opts: &InitOpts) -> anyhow::Result<()> {
         false
     } else {
         // Validate before writing, so a broken data directory writes nothing.
-        validate::load_cluster_text(path, EXAMPLE)?;
+        cluster::load_cluster_text(path, EXAMPLE)?;
         write_new(path, EXAMPLE)?;
         println!("wrote the example cluster file {}", path.display());
         true
     };
-    let cluster = validate::load_cluster(path)?;
-    match secrets_dir::ensure(path, &dir, &cluster)? {
+    let cluster = cluster::load_cluster(path)?;
+    match secrets::ensure(path, &dir, &cluster)? {
         Outcome::AlreadyPresent => {
             println!(
                 "{} already holds the secrets of cluster `{}`; nothing changed",
@@ -69,8 +69,8 @@ pub fn rotate(opts: &RotateSecretsOpts) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let cluster = validate::load_cluster(path)?;
-    let old = secrets_dir::rotate(&dir, &cluster)?;
+    let cluster = cluster::load_cluster(path)?;
+    let old = secrets::rotate(&dir, &cluster)?;
     let s = Secrets::for_cluster(path, &dir, &cluster)?;
     println!(
         "replaced the secrets of cluster `{}` in {}; the old ones are in {}",

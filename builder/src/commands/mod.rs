@@ -1,6 +1,7 @@
 //! One module per subcommand: parse the options, call the library, print.
 //! Commands never call each other.
 
+pub mod build;
 pub mod docs;
 pub mod doctor;
 pub mod flash;

@@ -15,12 +15,12 @@ use piha_config::render::{self, JoinSecrets, RenderedFile};
 
 use crate::card;
 use crate::cli::RenderOpts;
-use crate::secrets_dir::Secrets;
-use crate::validate;
+use crate::card::secrets::Secrets;
+use crate::inputs::cluster;
 
 pub fn run(opts: &RenderOpts) -> anyhow::Result<()> {
     let cluster_path = &opts.cluster.cluster;
-    let cluster = validate::load_cluster(cluster_path)?;
+    let cluster = cluster::load_cluster(cluster_path)?;
     let cfg = card::node_config(&cluster, cluster_path, &opts.node, &cluster.distro)?;
     // Directors get no secrets; everyone else needs the token and hash.
     let secrets = match cfg.node.role {

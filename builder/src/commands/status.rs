@@ -9,7 +9,7 @@ use piha_config::node::{CONFIG_LABEL, NODE_FILE, NodeConfig};
 use piha_config::status::{Outcome, Phase, STATUS_FILE, Status, StepRecord};
 
 use crate::cli::StatusOpts;
-use crate::{fat, partition};
+use crate::image::{fat, partition};
 
 /// Said when the card has no status.json.
 pub const NOT_BOOTED: &str = "no status.json: the node has not booted with this card yet";

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use piha_runner::{Cmd, Runner};
 
-use crate::bmap::{Bmap, data_extents};
+use crate::image::bmap::{Bmap, data_extents};
 
 /// How the image file is compressed, from its first bytes (not its name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -8,8 +8,8 @@ use std::thread;
 use anyhow::bail;
 use sha2::{Digest, Sha256};
 
-use crate::flash::target::WriteTarget;
-use crate::flash::write::Extent;
+use crate::device::target::WriteTarget;
+use crate::device::write::Extent;
 use crate::progress::Task;
 
 /// How much is read back per call: big enough for full device throughput.

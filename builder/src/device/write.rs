@@ -22,9 +22,9 @@ use std::thread;
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-use crate::bmap::{Bmap, ChecksumType, RangeHasher};
-use crate::flash::target::WriteTarget;
-use crate::flash::verify::{ExtentDigest, verify_extents};
+use crate::image::bmap::{Bmap, ChecksumType, RangeHasher};
+use crate::device::target::WriteTarget;
+use crate::device::verify::{ExtentDigest, verify_extents};
 use crate::progress::Progress;
 
 /// The part of the disk written last: partition tables (MBR, GPT header and
@@ -384,7 +384,7 @@ fn hash_all(rx: Receiver<Arc<Vec<u8>>>, pool: SyncSender<Vec<u8>>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::bmap::{Bmap, BmapRange};
+    use crate::image::bmap::{Bmap, BmapRange};
 
     use super::{Extent, HEAD, extents};
 

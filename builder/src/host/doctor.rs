@@ -237,7 +237,7 @@ pub fn build_checks(runner: &dyn Runner, foreign: bool, keyring: &Path) -> Vec<C
         &format!("apt-get install kmod (the image's module index is made on the host), {SETUP}"),
     ));
     if foreign {
-        let way = crate::cross::detect_with("arm64", runner);
+        let way = crate::pipeline::agent::cross::detect(crate::inputs::board::Arch::Arm64, runner);
         v.push(Check::new(
             "piha-agent for arm64",
             Need::ForeignArch,

@@ -196,7 +196,7 @@ pub fn fat_used_ranges(fs: &[u8]) -> anyhow::Result<Vec<(usize, usize)>> {
 #[cfg(test)]
 mod tests {
     use super::{ALIGN, Slot, fat_used_ranges, place};
-    use crate::fat::{FatFile, FatType, build};
+    use crate::image::fat::{FatFile, FatType, build};
 
     #[test]
     fn places_aligned_partitions() {

@@ -13,10 +13,10 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use piha_config::node::CONFIG_LABEL;
-use piha_runner::{Cmd, RunError, Runner};
+use piha_runner::{Cmd, RunError, RunJson, Runner};
 use serde::{Deserialize, Serialize};
 
-use crate::fat;
+use crate::image::fat;
 
 /// The kind of partition table: what a board file asks for, what assembly
 /// writes, and what reading a disk finds.
@@ -364,7 +364,7 @@ mod tests {
     use std::path::Path;
 
     use super::{SfdiskDump, find_config, human, read_table};
-    use crate::fat::{FatFile, build};
+    use crate::image::fat::{FatFile, build};
 
     fn fixture(name: &str) -> String {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/stamp").join(name);

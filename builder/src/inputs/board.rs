@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog;
+use crate::inputs::catalog;
 
 pub use crate::arch::Arch;
 

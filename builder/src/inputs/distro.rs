@@ -12,8 +12,8 @@ use piha_config::cluster::Runtime;
 use piha_config::node::NetworkRenderer;
 use serde::{Deserialize, Serialize};
 
-use crate::board::{Arch, Family};
-use crate::catalog;
+use crate::inputs::board::{Arch, Family};
+use crate::inputs::catalog;
 
 /// `distros/<name>.yaml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

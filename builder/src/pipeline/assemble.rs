@@ -1,20 +1,20 @@
-//! Stages 3 and 4 of `piha build`: filesystems and disk. [`assemble`] turns a
-//! root tar and FAT file lists into a partitioned, sparse disk image;
-//! [`package`] adds the `.img.zst`, the `.bmap` and `SHA256SUMS` next to it.
-//! Nothing is mounted and no loop device is used:
+//! Stage 3 of `piha build`: filesystems and disk. [`assemble`] turns a root
+//! tar and FAT file lists into a partitioned, sparse disk image (stage 4,
+//! [`crate::pipeline::package`], adds the `.img.zst`, `.bmap` and
+//! `SHA256SUMS`). Nothing is mounted and no loop device is used:
 //!
-//! - FAT partitions are built in memory ([`crate::fat::build`]) and written at
-//!   their offsets, free clusters left as holes ([`crate::disk::write_fat`]);
+//! - FAT partitions are built in memory ([`crate::image::fat::build`]) and written at
+//!   their offsets, free clusters left as holes ([`crate::image::disk::write_fat`]);
 //! - the ext4 root is made by `mke2fs -d root.tar -E offset=…` directly inside
-//!   the image file ([`crate::ext4`]), then its journal is zeroed for real;
+//!   the image file ([`crate::image::ext4`]), then its journal is zeroed for real;
 //! - the partition table (GPT or MBR) is written last, so an interrupted run
 //!   never leaves something that looks like a bootable disk; the image is built
 //!   under a temporary name and renamed into place at the end.
 //!
 //! Reproducibility: every identifier (disk GUID or MBR signature, partition
 //! GUIDs, ext4 UUID and directory-hash seed) derives from [`DiskLayout::seed`],
-//! and every timestamp is `SOURCE_DATE_EPOCH` when set, else the newest mtime
-//! in the root tar. The same layout and inputs give the same image bytes.
+//! and every timestamp is [`DiskLayout::epoch`]. The same layout and inputs
+//! give the same image bytes.
 //! Identifiers can be computed before assembling (for `root=PARTUUID=…` in a
 //! boot file): [`DiskLayout::partuuid`], [`DiskLayout::fs_uuid`].
 
@@ -22,15 +22,14 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
-use piha_runner::{Cmd, Runner, SystemRunner};
+use piha_runner::Runner;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::checksums;
-use crate::compress;
-use crate::disk::{self, GptPartition, MbrPartition, Slot};
-use crate::ext4::{self, MkfsError, Sizing};
-use crate::fat::{FatFile, FatType};
+use crate::inputs::board::Arch;
+use crate::image::disk::{self, GptPartition, MbrPartition, Slot};
+use crate::image::ext4::{self, MkfsError, Sizing};
+use crate::image::fat::{FatFile, FatType};
 
 /// The partition table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,11 +84,13 @@ pub struct PartSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskLayout {
     pub table: TableKind,
-    /// `amd64` or `arm64` (also `x86_64`, `aarch64`): picks the GPT root type GUID.
-    pub arch: String,
+    /// Picks the GPT root partition's type GUID.
+    pub arch: Arch,
     pub partitions: Vec<PartSpec>,
     /// The build's input hash; every identifier on the disk derives from it.
     pub seed: [u8; 32],
+    /// Seconds since 1970: every timestamp the filesystems record.
+    pub epoch: u64,
 }
 
 /// Where a partition ended up.
@@ -113,21 +114,10 @@ pub struct Assembled {
     pub partitions: Vec<PlacedPartition>,
 }
 
-/// The files [`package`] leaves in its output directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Artifacts {
-    pub image: PathBuf,
-    pub compressed: PathBuf,
-    pub bmap: PathBuf,
-    pub sha256sums: PathBuf,
-}
-
-/// GPT type GUIDs (UEFI spec; Linux ones from the Discoverable Partitions
-/// Specification, <https://uapi-group.org/specifications/specs/discoverable_partitions_specification/>).
-const GUID_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-const GUID_BASIC_DATA: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
-const GUID_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
-const GUID_ROOT_ARM64: &str = "B921B045-1DF0-41C3-AF44-4C6F280D3FAE";
+/// GPT type GUIDs: the EFI system partition, and Microsoft basic data (what
+/// any laptop mounts as a FAT drive). The root's is per architecture: [`Arch::gpt_root_type`].
+const GUID_ESP: Uuid = Uuid::from_u128(0xC12A7328_F81F_11D2_BA4B_00A0C93EC93B);
+const GUID_BASIC_DATA: Uuid = Uuid::from_u128(0xEBD0A0A2_B9E5_4433_87C0_68B6B72699C7);
 
 impl DiskLayout {
     /// The GPT disk GUID.
@@ -162,54 +152,26 @@ impl DiskLayout {
     }
 }
 
-/// Builds the disk image `out_image` (replacing it) from `layout`. Progress
-/// lines go to `progress`. The image's directory must exist; the image is
-/// written beside it under a temporary name first.
-pub fn assemble(layout: &DiskLayout, out_image: &Path, progress: &dyn Fn(&str)) -> anyhow::Result<Assembled> {
-    assemble_with(&SystemRunner, layout, out_image, progress)
-}
-
-/// [`assemble`] with a chosen runner for mke2fs and debugfs.
-pub fn assemble_with(runner: &dyn Runner, layout: &DiskLayout, out_image: &Path, progress: &dyn Fn(&str)) -> anyhow::Result<Assembled> {
+/// Builds the disk image `out_image` (replacing it) from `layout`, running
+/// mke2fs and debugfs through `runner`. Progress lines go to `progress`. The
+/// image's directory must exist; the image is written beside it under a
+/// temporary name first.
+pub fn assemble(runner: &dyn Runner, layout: &DiskLayout, out_image: &Path, progress: &dyn Fn(&str)) -> anyhow::Result<Assembled> {
     check(layout)?;
     let mut prepared = Vec::with_capacity(layout.partitions.len());
     for (i, p) in layout.partitions.iter().enumerate() {
         prepared.push(prepare(layout, i as u32 + 1, p, progress).with_context(|| format!("preparing partition {} ({})", i + 1, p.name))?);
     }
     let tmp = temp_path(out_image);
-    let mut retried = false;
-    let (slots, size) = loop {
-        let sizes: Vec<u64> = prepared.iter().map(Prepared::size).collect();
-        let (slots, size) = disk::place(&sizes, layout.table == TableKind::Gpt);
-        match write_image(runner, layout, &mut prepared, &slots, size, &tmp, progress) {
-            Ok(()) => break (slots, size),
-            Err(WriteError::NoSpace(i, e)) => {
-                let Prepared::Ext4 { mkfs, fit: true } = &mut prepared[i] else {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "partition {} ({}) has a fixed size that is too small: raise its size",
-                        i + 1,
-                        layout.partitions[i].name
-                    )));
-                };
-                if retried {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(anyhow::Error::new(e).context("the root filesystem did not fit even after growing it by half"));
-                }
-                retried = true;
-                mkfs.sizing = ext4::grown(mkfs.sizing);
-                progress(&format!(
-                    "{}: estimate was short, retrying with {} MiB",
-                    mkfs.label,
-                    mkfs.sizing.size_bytes >> 20
-                ));
-            }
-            Err(WriteError::Other(e)) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.context(format!("assembling {}", out_image.display())));
-            }
-        }
+    let t = Target {
+        path: &tmp,
+        image: out_image,
+        runner,
+        progress,
     };
+    let (slots, size) = write_fitting(&t, layout, &mut prepared).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
     std::fs::rename(&tmp, out_image).with_context(|| format!("renaming {} to {}", tmp.display(), out_image.display()))?;
     let partitions = layout
         .partitions
@@ -229,6 +191,38 @@ pub fn assemble_with(runner: &dyn Runner, layout: &DiskLayout, out_image: &Path,
         size,
         partitions,
     })
+}
+
+/// Places the partitions and writes the image; when mke2fs runs out of room
+/// in a root sized by estimate, grows it once and writes again.
+fn write_fitting(t: &Target, layout: &DiskLayout, prepared: &mut [Prepared]) -> anyhow::Result<(Vec<Slot>, u64)> {
+    let mut retried = false;
+    loop {
+        let sizes: Vec<u64> = prepared.iter().map(Prepared::size).collect();
+        let (slots, size) = disk::place(&sizes, layout.table == TableKind::Gpt);
+        let (i, e) = match write_image(t, layout, prepared, &slots, size) {
+            Ok(()) => return Ok((slots, size)),
+            Err(WriteError::NoSpace(i, e)) => (i, e),
+            Err(WriteError::Other(e)) => return Err(e.context(format!("assembling {}", t.image.display()))),
+        };
+        let Prepared::Ext4 { mkfs, fit: true } = &mut prepared[i] else {
+            return Err(anyhow::Error::new(e).context(format!(
+                "partition {} ({}) has a fixed size that is too small: raise its size",
+                i + 1,
+                layout.partitions[i].name
+            )));
+        };
+        if retried {
+            return Err(anyhow::Error::new(e).context("the root filesystem did not fit even after growing it by half"));
+        }
+        retried = true;
+        mkfs.sizing = ext4::grown(mkfs.sizing);
+        (t.progress)(&format!(
+            "{}: estimate was short, retrying with {} MiB",
+            mkfs.label,
+            mkfs.sizing.size_bytes >> 20
+        ));
+    }
 }
 
 /// A partition's content, ready to be written.
@@ -271,8 +265,6 @@ fn check(layout: &DiskLayout) -> anyhow::Result<()> {
             "an MBR holds at most 4 primary partitions, the layout has {}",
             layout.partitions.len()
         );
-    } else {
-        root_type(&layout.arch)?;
     }
     for (i, p) in layout.partitions.iter().enumerate() {
         let n = i + 1;
@@ -301,7 +293,7 @@ fn prepare(layout: &DiskLayout, index: u32, p: &PartSpec, progress: &dyn Fn(&str
         Content::Fat { label, fat_type, files } => {
             let size = p.size_bytes.unwrap_or_default().div_ceil(disk::ALIGN) * disk::ALIGN;
             progress(&format!("{}: FAT {label}, {} MiB, {} files", p.name, size >> 20, files.len()));
-            Ok(Prepared::Fat(crate::fat::build(label, size, *fat_type, files)?))
+            Ok(Prepared::Fat(crate::image::fat::build(label, size, *fat_type, files)?))
         }
         Content::Ext4 { label, tar, free_bytes } => {
             progress(&format!("{}: scanning {}", p.name, tar.display()));
@@ -310,18 +302,11 @@ fn prepare(layout: &DiskLayout, index: u32, p: &PartSpec, progress: &dyn Fn(&str
                 Some(size) => (ext4::sizing_for_fixed(size.div_ceil(disk::ALIGN) * disk::ALIGN, &stats), false),
                 None => (ext4::size_for(&stats, *free_bytes), true),
             };
-            let time = match std::env::var("SOURCE_DATE_EPOCH") {
-                Ok(v) => v
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-                Err(_) => stats.newest_mtime,
-            };
             let mkfs = ext4::Mkfs {
                 label: label.clone(),
                 tar: tar.clone(),
                 uuid: layout.fs_uuid(index),
-                time,
+                time: layout.epoch,
                 sizing,
             };
             Ok(Prepared::Ext4 { mkfs, fit })
@@ -329,16 +314,19 @@ fn prepare(layout: &DiskLayout, index: u32, p: &PartSpec, progress: &dyn Fn(&str
     }
 }
 
-/// Writes the whole image at `path`: contents first, partition table last.
-fn write_image(
-    runner: &dyn Runner,
-    layout: &DiskLayout,
-    prepared: &mut [Prepared],
-    slots: &[Slot],
-    size: u64,
-    path: &Path,
-    progress: &dyn Fn(&str),
-) -> Result<(), WriteError> {
+/// The image file being written, the runner for mke2fs and debugfs, and where progress goes.
+struct Target<'a> {
+    /// The temporary file written.
+    path: &'a Path,
+    /// The name it gets once complete.
+    image: &'a Path,
+    runner: &'a dyn Runner,
+    progress: &'a dyn Fn(&str),
+}
+
+/// Writes the whole image: contents first, partition table last.
+fn write_image(t: &Target, layout: &DiskLayout, prepared: &mut [Prepared], slots: &[Slot], size: u64) -> Result<(), WriteError> {
+    let path = t.path;
     // A fresh file each attempt: set_len makes one big hole to fill.
     let mut file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.set_len(size)
@@ -346,50 +334,63 @@ fn write_image(
     for (i, (content, slot)) in prepared.iter_mut().zip(slots).enumerate() {
         let name = &layout.partitions[i].name;
         match content {
-            Prepared::Fat(bytes) => {
-                let start_sector = u32::try_from(slot.start / disk::SECTOR).context("partition starts beyond 2 TiB")?;
-                crate::fat::set_hidden_sectors(bytes, start_sector)?;
-                let written = disk::write_fat(&file, slot.start, bytes)?;
-                progress(&format!("{name}: wrote {} KiB of FAT at {} MiB", written >> 10, slot.start >> 20));
-            }
-            Prepared::Ext4 { mkfs, .. } => {
-                progress(&format!(
-                    "{name}: mke2fs {} MiB from {}",
-                    mkfs.sizing.size_bytes >> 20,
-                    mkfs.tar.display()
-                ));
-                match ext4::make(runner, mkfs, path, slot.start) {
-                    Ok(()) => {}
-                    Err(e @ MkfsError::NoSpace { .. }) => return Err(WriteError::NoSpace(i, e)),
-                    Err(e) => {
-                        return Err(WriteError::Other(
-                            anyhow::Error::new(e).context(format!("making the ext4 filesystem of {name}")),
-                        ));
-                    }
-                }
-                let zeroed = ext4::zero_journal(runner, path, slot.start)?;
-                progress(&format!("{name}: zeroed the {} MiB journal", zeroed >> 20));
-            }
+            Prepared::Fat(bytes) => write_fat(t, &file, bytes, slot, name)?,
+            Prepared::Ext4 { mkfs, .. } => match write_ext4(t, mkfs, slot, name)? {
+                Ok(()) => {}
+                Err(e) => return Err(WriteError::NoSpace(i, e)),
+            },
         }
     }
-    progress(&format!("writing the partition table ({:?})", layout.table));
+    (t.progress)(&format!("writing the partition table ({:?})", layout.table));
+    write_table(&mut file, layout, slots)?;
+    file.sync_all().with_context(|| format!("flushing {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes a FAT built in memory at its partition's offset.
+fn write_fat(t: &Target, file: &File, bytes: &mut [u8], slot: &Slot, name: &str) -> anyhow::Result<()> {
+    let start_sector = u32::try_from(slot.start / disk::SECTOR).context("partition starts beyond 2 TiB")?;
+    crate::image::fat::set_hidden_sectors(bytes, start_sector)?;
+    let written = disk::write_fat(file, slot.start, bytes)?;
+    (t.progress)(&format!("{name}: wrote {} KiB of FAT at {} MiB", written >> 10, slot.start >> 20));
+    Ok(())
+}
+
+/// Makes the ext4 inside the image and zeroes its journal; the inner error
+/// is mke2fs running out of space, which a retry with a bigger size may fix.
+fn write_ext4(t: &Target, mkfs: &ext4::Mkfs, slot: &Slot, name: &str) -> anyhow::Result<Result<(), MkfsError>> {
+    (t.progress)(&format!(
+        "{name}: mke2fs {} MiB from {}",
+        mkfs.sizing.size_bytes >> 20,
+        mkfs.tar.display()
+    ));
+    match ext4::make(t.runner, mkfs, t.path, slot.start) {
+        Ok(()) => {}
+        Err(e @ MkfsError::NoSpace { .. }) => return Ok(Err(e)),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("making the ext4 filesystem of {name}"))),
+    }
+    let zeroed = ext4::zero_journal(t.runner, t.path, slot.start)?;
+    (t.progress)(&format!("{name}: zeroed the {} MiB journal", zeroed >> 20));
+    Ok(Ok(()))
+}
+
+/// Writes the GPT (with its protective MBR) or the MBR.
+fn write_table(file: &mut File, layout: &DiskLayout, slots: &[Slot]) -> anyhow::Result<()> {
     match layout.table {
         TableKind::Gpt => {
-            let parts = layout
+            let parts: Vec<GptPartition> = layout
                 .partitions
                 .iter()
                 .zip(slots)
                 .enumerate()
-                .map(|(i, (p, slot))| {
-                    Ok(GptPartition {
-                        type_guid: gpt_type(p.kind, &layout.arch)?,
-                        guid: layout.partition_guid(i as u32 + 1),
-                        name: p.name.clone(),
-                        slot: *slot,
-                    })
+                .map(|(i, (p, slot))| GptPartition {
+                    type_guid: gpt_type(p.kind, layout.arch),
+                    guid: layout.partition_guid(i as u32 + 1),
+                    name: p.name.clone(),
+                    slot: *slot,
                 })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            disk::write_gpt(&mut file, layout.disk_guid(), &parts)?;
+                .collect();
+            disk::write_gpt(file, layout.disk_guid(), &parts)?;
         }
         TableKind::Mbr => {
             let parts: Vec<MbrPartition> = layout
@@ -402,27 +403,17 @@ fn write_image(
                     slot: *slot,
                 })
                 .collect();
-            disk::write_mbr(&mut file, layout.mbr_signature(), &parts)?;
+            disk::write_mbr(file, layout.mbr_signature(), &parts)?;
         }
     }
-    file.sync_all().with_context(|| format!("flushing {}", path.display()))?;
     Ok(())
 }
 
-fn gpt_type(kind: PartKind, arch: &str) -> anyhow::Result<Uuid> {
-    let guid = match kind {
+fn gpt_type(kind: PartKind, arch: Arch) -> Uuid {
+    match kind {
         PartKind::Esp => GUID_ESP,
         PartKind::Config | PartKind::BootFat => GUID_BASIC_DATA,
-        PartKind::Root => root_type(arch)?,
-    };
-    Ok(Uuid::parse_str(guid).expect("valid GUID constant"))
-}
-
-fn root_type(arch: &str) -> anyhow::Result<&'static str> {
-    match arch {
-        "amd64" | "x86_64" => Ok(GUID_ROOT_X86_64),
-        "arm64" | "aarch64" => Ok(GUID_ROOT_ARM64),
-        other => bail!("no GPT root partition type for architecture {other:?}: expected amd64 or arm64"),
+        PartKind::Root => arch.gpt_root_type(),
     }
 }
 
@@ -434,120 +425,10 @@ fn mbr_type(kind: PartKind) -> u8 {
     }
 }
 
-/// Makes the `.img.zst`, `.bmap` and `SHA256SUMS` for an assembled image in
-/// `out_dir` (created if missing). The image is moved into `out_dir` if it is
-/// elsewhere; [`Artifacts::image`] is where it is now. For `X.img` the files
-/// are `X.img.zst`, `X.bmap` (the name `bmaptool copy` finds by itself for
-/// both `X.img` and `X.img.zst`) and `SHA256SUMS` listing all three. Each is
-/// written under a temporary name and renamed into place.
-pub fn package(a: &Assembled, out_dir: &Path, progress: &dyn Fn(&str)) -> anyhow::Result<Artifacts> {
-    package_with(a, out_dir, &PackageOptions::default(), progress)
-}
-
-/// How [`package_with`] compresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PackageOptions {
-    /// zstd level, 1–19. The default, [`compress::LEVEL`], is fast; in the
-    /// benchmark level 15 made the file 17% smaller in sixty times the time.
-    pub zstd_level: i32,
-}
-
-impl Default for PackageOptions {
-    fn default() -> Self {
-        PackageOptions {
-            zstd_level: compress::LEVEL,
-        }
-    }
-}
-
-/// [`package`] with chosen options.
-pub fn package_with(a: &Assembled, out_dir: &Path, opts: &PackageOptions, progress: &dyn Fn(&str)) -> anyhow::Result<Artifacts> {
-    ensure!(
-        (1..=19).contains(&opts.zstd_level),
-        "zstd level {} is out of range: use 1 to 19",
-        opts.zstd_level
-    );
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let name = a
-        .image
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("{} has no usable file name", a.image.display()))?;
-    let image = out_dir.join(name);
-    if !same_file(&a.image, &image) {
-        move_file(&SystemRunner, &a.image, &image)?;
-    }
-    let stem = name.strip_suffix(".img").unwrap_or(name);
-    let compressed = out_dir.join(format!("{stem}.img.zst"));
-    let bmap = out_dir.join(format!("{stem}.bmap"));
-    let sha256sums = out_dir.join(checksums::FILE_NAME);
-
-    progress(&format!("compressing {name} (zstd level {})", opts.zstd_level));
-    let tmp = temp_path(&compressed);
-    let z = compress::to_zstd(&image, &tmp, opts.zstd_level, progress).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
-    rename(&tmp, &compressed)?;
-    progress(&format!("{}: {} MiB", file_name(&compressed), z.output_bytes >> 20));
-
-    progress(&format!("mapping {name}"));
-    let xml = crate::bmap::Bmap::from_image(&image)?.to_xml();
-    write_new(&bmap, xml.as_bytes())?;
-
-    let sums = checksums::render(&[
-        (z.input_sha256, name.to_string()),
-        (z.output_sha256, file_name(&compressed)),
-        (hex::encode(Sha256::digest(xml.as_bytes())), file_name(&bmap)),
-    ])?;
-    write_new(&sha256sums, sums.as_bytes())?;
-    Ok(Artifacts {
-        image,
-        compressed,
-        bmap,
-        sha256sums,
-    })
-}
-
-/// Writes `bytes` to a temporary name beside `path`, then renames it over `path`.
-fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = temp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    rename(&tmp, path)
-}
-
-fn rename(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::rename(from, to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))
-}
-
-/// Moves a file; across filesystems, copies it with its holes kept.
-fn move_file(runner: &dyn Runner, from: &Path, to: &Path) -> anyhow::Result<()> {
-    match std::fs::rename(from, to) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let tmp = temp_path(to);
-            runner.run(&Cmd::new("cp").arg("--sparse=always").arg(from).arg(&tmp))?;
-            rename(&tmp, to)?;
-            std::fs::remove_file(from).with_context(|| format!("removing {} after copying it", from.display()))
-        }
-        Err(e) => Err(e).with_context(|| format!("moving {} to {}", from.display(), to.display())),
-    }
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
-}
-
 /// `dir/.name.partial`: hidden, in the same directory so the rename is atomic.
-fn temp_path(path: &Path) -> PathBuf {
+pub fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.partial"))
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// 32 bytes derived from the seed for one purpose.
@@ -570,13 +451,15 @@ fn derive_uuid(seed: &[u8; 32], purpose: &str) -> Uuid {
 
 #[cfg(test)]
 mod tests {
-    use super::{Content, DiskLayout, PartKind, PartSpec, TableKind, check, temp_path};
     use std::path::{Path, PathBuf};
+
+    use super::{Content, DiskLayout, PartKind, PartSpec, TableKind, check, gpt_type, temp_path};
+    use crate::inputs::board::Arch;
 
     fn layout(table: TableKind) -> DiskLayout {
         DiskLayout {
             table,
-            arch: "amd64".into(),
+            arch: Arch::Amd64,
             partitions: vec![PartSpec {
                 name: "root".into(),
                 kind: PartKind::Root,
@@ -588,6 +471,7 @@ mod tests {
                 },
             }],
             seed: [7; 32],
+            epoch: 0,
         }
     }
 
@@ -607,14 +491,27 @@ mod tests {
     }
 
     #[test]
-    fn rejects_mismatched_content_and_arch() {
+    fn rejects_mismatched_content() {
         let mut l = layout(TableKind::Gpt);
         l.partitions[0].kind = PartKind::Esp;
         assert!(check(&l).unwrap_err().to_string().contains("cannot hold"));
-        let mut l = layout(TableKind::Gpt);
-        l.arch = "riscv64".into();
-        assert!(check(&l).unwrap_err().to_string().contains("riscv64"));
         assert!(check(&layout(TableKind::Mbr)).is_ok());
+    }
+
+    #[test]
+    fn root_type_follows_the_arch() {
+        assert_eq!(
+            gpt_type(PartKind::Root, Arch::Amd64).hyphenated().to_string(),
+            "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+        );
+        assert_eq!(
+            gpt_type(PartKind::Root, Arch::Arm64).hyphenated().to_string(),
+            "b921b045-1df0-41c3-af44-4c6f280d3fae"
+        );
+        assert_eq!(
+            gpt_type(PartKind::Esp, Arch::Arm64).hyphenated().to_string(),
+            "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+        );
     }
 
     #[test]

@@ -9,9 +9,9 @@ use anyhow::bail;
 use piha_config::cluster::Runtime;
 use piha_runner::{Cmd, Runner};
 
-use crate::board::Arch;
-use crate::doctor::{self, Need};
-use crate::plan::{Plan, Reachable};
+use crate::inputs::board::Arch;
+use crate::host::doctor::{self, Need};
+use crate::pipeline::plan::{Plan, Reachable};
 use crate::progress::Progress;
 
 /// How long one source may take to answer.
@@ -111,7 +111,7 @@ pub fn offline_route(plan: &Plan) -> String {
     } else {
         String::new()
     };
-    let example = crate::catalog::data_dir().join("examples/qemu-lab.yaml");
+    let example = crate::inputs::catalog::data_dir().join("examples/qemu-lab.yaml");
     let lab = std::fs::read_to_string(&example)
         .ok()
         .and_then(|t| piha_config::cluster::ClusterFile::parse(&example, &t).ok());

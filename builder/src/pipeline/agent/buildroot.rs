@@ -25,9 +25,10 @@ use anyhow::{Context, bail};
 use piha_runner::{Cmd, Runner};
 use sha2::{Digest, Sha256};
 
-use crate::cross::Target;
-use crate::cross::sources;
-use crate::host_apt;
+use super::cross::{AGENT_CARGO_CONFIG, STATIC_RUSTFLAGS, linker_var};
+use super::sources;
+use crate::inputs::board::Arch;
+use crate::host::apt;
 
 /// The build root's suite: the first Debian release whose rustc (1.85) can
 /// build edition 2024 crates.
@@ -43,20 +44,20 @@ const PRUNE_AGE: Duration = Duration::from_secs(24 * 3600);
 /// The packages of the build root for `target` on a host of Debian
 /// architecture `host`: the host's rustc and cargo, the target's std, a cross
 /// linker with its static C library, and CA certificates for `cargo vendor`.
-pub fn packages(host: &str, target: &Target) -> Vec<String> {
+pub fn packages(host: Arch, target: Arch) -> Vec<String> {
     let mut p: Vec<String> = ["rustc", "cargo", "ca-certificates"].iter().map(|s| s.to_string()).collect();
-    if target.deb != host {
-        p.push(format!("libstd-rust-dev:{}", target.deb));
-        p.push(format!("gcc-{}", target.gnu_prefix.replace('_', "-")));
-        p.push(format!("libc6-dev-{}-cross", target.deb));
+    if target != host {
+        p.push(format!("libstd-rust-dev:{target}"));
+        p.push(format!("gcc-{}", target.gnu_prefix().replace('_', "-")));
+        p.push(format!("libc6-dev-{target}-cross"));
     }
     p
 }
 
 /// The build root directory for `target` under `cache_dir`.
-pub fn root_dir(cache_dir: &Path, host: &str, target: &Target) -> PathBuf {
+pub fn root_dir(cache_dir: &Path, host: Arch, target: Arch) -> PathBuf {
     let mut h = Sha256::new();
-    for part in [RECIPE_VERSION, SUITE, host, target.deb, &packages(host, target).join(",")] {
+    for part in [RECIPE_VERSION, SUITE, host.deb(), target.deb(), &packages(host, target).join(",")] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -71,10 +72,10 @@ fn debian_mirror(explicit: Option<&str>) -> anyhow::Result<String> {
     if let Some(m) = explicit {
         return Ok(m.trim_end_matches('/').to_string());
     }
-    let sources = host_apt::host_sources(Path::new("/"));
+    let sources = apt::host_sources(Path::new("/"));
     let debian_suites = [SUITE, "bookworm", "forky", "sid", "unstable", "testing", "stable", "bullseye"];
     for suite in debian_suites {
-        if let Some(m) = host_apt::mirror_for_suite(&sources, suite) {
+        if let Some(m) = apt::mirror_for_suite(&sources, suite) {
             return Ok(m);
         }
     }
@@ -85,7 +86,7 @@ fn debian_mirror(explicit: Option<&str>) -> anyhow::Result<String> {
 }
 
 /// Makes the build root unless it exists; returns its path.
-pub fn ensure(cache_dir: &Path, host: &str, target: &Target, mirror: Option<&str>, runner: &dyn Runner) -> anyhow::Result<PathBuf> {
+pub fn ensure(cache_dir: &Path, host: Arch, target: Arch, mirror: Option<&str>, runner: &dyn Runner) -> anyhow::Result<PathBuf> {
     let root = root_dir(cache_dir, host, target);
     if root.join("usr/bin/cargo").exists() {
         return Ok(root);
@@ -100,10 +101,10 @@ pub fn ensure(cache_dir: &Path, host: &str, target: &Target, mirror: Option<&str
         std::process::id()
     ));
     let _ = fs::remove_dir_all(&tmp);
-    let arches = if target.deb == host {
+    let arches = if target == host {
         host.to_string()
     } else {
-        format!("{host},{}", target.deb)
+        format!("{host},{target}")
     };
     let cmd = Cmd::new("mmdebstrap")
         .arg("--variant=apt")
@@ -114,8 +115,7 @@ pub fn ensure(cache_dir: &Path, host: &str, target: &Target, mirror: Option<&str
         .arg(&tmp)
         .arg(&mirror);
     log::info!(
-        "making the {SUITE} build root for {} agents in {} (once; about a minute)",
-        target.deb,
+        "making the {SUITE} build root for {target} agents in {} (once; about a minute)",
         root.display()
     );
     if let Err(e) = runner.run(&cmd) {
@@ -140,8 +140,7 @@ pub fn ensure(cache_dir: &Path, host: &str, target: &Target, mirror: Option<&str
 /// `chroot ROOT env -i [VAR=value...] PROGRAM`: a clean environment, so
 /// nothing of the caller's (RUSTFLAGS, CARGO_* of an outer `cargo test`)
 /// leaks into the build; `extra_env` adds to it.
-fn chroot_cmd(root: &Path, target: &Target, extra_env: &[String], program: &str) -> Cmd {
-    let linker_var = format!("CARGO_TARGET_{}_LINKER", target.triple.to_uppercase().replace('-', "_"));
+fn chroot_cmd(root: &Path, target: Arch, extra_env: &[String], program: &str) -> Cmd {
     Cmd::new("chroot")
         .arg(root)
         .args([
@@ -152,8 +151,8 @@ fn chroot_cmd(root: &Path, target: &Target, extra_env: &[String], program: &str)
             "LANG=C.UTF-8",
         ])
         .arg("CARGO_HOME=/piha/cargo-home")
-        .arg(format!("CARGO_ENCODED_RUSTFLAGS={}", crate::cross::STATIC_RUSTFLAGS))
-        .arg(format!("{linker_var}={}-gcc", target.gnu_prefix))
+        .arg(format!("CARGO_ENCODED_RUSTFLAGS={STATIC_RUSTFLAGS}"))
+        .arg(format!("{}={}-gcc", linker_var(target), target.gnu_prefix()))
         .args(extra_env)
         .arg(program)
 }
@@ -165,7 +164,7 @@ fn chroot_cmd(root: &Path, target: &Target, extra_env: &[String], program: &str)
 /// setup (proxies, CA certificates, registry mirrors in `~/.cargo/config.toml`),
 /// which the build root does not have. Without one, the root's cargo does it,
 /// given the host's resolver, CA bundle and proxy variables.
-fn ensure_vendor(root: &Path, src_in_root: &str, lock_hash: &str, target: &Target, runner: &dyn Runner) -> anyhow::Result<String> {
+fn ensure_vendor(root: &Path, src_in_root: &str, lock_hash: &str, target: Arch, runner: &dyn Runner) -> anyhow::Result<String> {
     let name = format!("vendor-{}", &lock_hash[..16]);
     let inside = format!("/piha/{name}");
     let host_path = root.join("piha").join(&name);
@@ -216,7 +215,7 @@ fn ensure_vendor(root: &Path, src_in_root: &str, lock_hash: &str, target: &Targe
 
 /// Builds the agent in the build root at `root`; returns the binary's path
 /// on the host.
-pub fn build(root: &Path, workspace: &Path, source_hash: &str, target: &Target, runner: &dyn Runner) -> anyhow::Result<PathBuf> {
+pub fn build(root: &Path, workspace: &Path, source_hash: &str, target: Arch, runner: &dyn Runner) -> anyhow::Result<PathBuf> {
     let files = sources::list(workspace)?;
     let src_name = format!("src-{}", &source_hash[..16]);
     let src_inside = format!("/piha/{src_name}");
@@ -234,22 +233,22 @@ pub fn build(root: &Path, workspace: &Path, source_hash: &str, target: &Target, 
             "-p",
             "piha-agent",
             "--target",
-            target.triple,
+            target.rust_target(),
         ])
         .arg("--manifest-path")
         .arg(format!("{src_inside}/Cargo.toml"))
-        .args(["--target-dir", "/piha/target", "--config", crate::cross::AGENT_CARGO_CONFIG])
+        .args(["--target-dir", "/piha/target", "--config", AGENT_CARGO_CONFIG])
         .args(["--config", "source.crates-io.replace-with=\"piha-vendored\""])
         .arg("--config")
         .arg(format!("source.piha-vendored.directory=\"{vendor}\""));
     runner.run(&cmd).with_context(|| {
         format!(
             "building piha-agent for {} with {SUITE}'s rustc 1.85 in {} (the agent, piha-config and piha-runner must build on Rust 1.85)",
-            target.triple,
+            target.rust_target(),
             root.display()
         )
     })?;
-    let bin = root.join("piha/target").join(target.triple).join("release/piha-agent");
+    let bin = root.join("piha/target").join(target.rust_target()).join("release/piha-agent");
     if !bin.is_file() {
         bail!("cargo finished but {} is missing", bin.display());
     }
@@ -285,13 +284,12 @@ mod tests {
     use piha_runner::RecordingRunner;
 
     use super::{chroot_cmd, debian_mirror, packages, root_dir};
-    use crate::cross::target;
+    use crate::inputs::board::Arch;
 
     #[test]
     fn arm64_packages_on_amd64() {
-        let t = target("arm64").unwrap();
         assert_eq!(
-            packages("amd64", t),
+            packages(Arch::Amd64, Arch::Arm64),
             [
                 "rustc",
                 "cargo",
@@ -301,9 +299,8 @@ mod tests {
                 "libc6-dev-arm64-cross"
             ]
         );
-        let t = target("amd64").unwrap();
         assert_eq!(
-            packages("arm64", t)[3..],
+            packages(Arch::Arm64, Arch::Amd64)[3..],
             ["libstd-rust-dev:amd64", "gcc-x86-64-linux-gnu", "libc6-dev-amd64-cross"]
         );
     }
@@ -315,8 +312,8 @@ mod tests {
 
     #[test]
     fn root_depends_on_recipe() {
-        let a = root_dir(Path::new("/c"), "amd64", target("arm64").unwrap());
-        let b = root_dir(Path::new("/c"), "amd64", target("amd64").unwrap());
+        let a = root_dir(Path::new("/c"), Arch::Amd64, Arch::Arm64);
+        let b = root_dir(Path::new("/c"), Arch::Amd64, Arch::Amd64);
         assert_ne!(a, b);
         assert!(a.to_string_lossy().starts_with("/c/buildroot-trixie-"), "{}", a.display());
     }
@@ -324,7 +321,7 @@ mod tests {
     #[test]
     fn chroot_environment_is_clean_and_static() {
         let runner = RecordingRunner::new();
-        let cmd = chroot_cmd(Path::new("/r"), target("arm64").unwrap(), &["X=1".to_string()], "cargo").arg("build");
+        let cmd = chroot_cmd(Path::new("/r"), Arch::Arm64, &["X=1".to_string()], "cargo").arg("build");
         piha_runner::Runner::run(&runner, &cmd).unwrap();
         let line = &runner.command_lines()[0];
         assert!(line.starts_with("chroot /r /usr/bin/env -i "), "{line}");

@@ -4,13 +4,13 @@
 //! mmdebstrap runs in root mode as root (unshare mode otherwise) with:
 //! - the initramfs configured BEFORE the kernel is installed (a setup hook):
 //!   `MODULES=list` and the board's module list, so update-initramfs never
-//!   scans every module — the dominant cost of an emulated arm64 build (issue 5);
+//!   scans every module — the dominant cost of an emulated arm64 build;
 //! - dpkg path excludes for man pages, docs, locales, info and the board's
 //!   unneeded kernel modules;
 //! - the admin user `piha` (uid 1000, sudo, locked password) made in a
 //!   customize hook;
 //! - downloaded .debs kept in `<cache>/debs/<distro>-<arch>` and synced in
-//!   and out of the chroot (mmdebstrap's documented sync-in/sync-out recipe),
+//!   into the chroot before apt runs and out of it afterwards,
 //!   so a rebuild with a changed package list downloads only what is new.
 //!
 //! The tarball is written under a temporary name and renamed into
@@ -25,25 +25,12 @@ use anyhow::{Context, bail};
 use piha_runner::{Cmd, Runner};
 use serde::Serialize;
 
-use crate::board::Family;
-use crate::manifest::Package;
-use crate::plan::{self, Plan, ROOTFS_RECIPE_VERSION};
-use crate::progress::Progress;
-
-/// The cache directory: `--cache-dir`/`PIHA_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/piha`, else `~/.cache/piha`.
-pub fn cache_dir(opt: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = opt {
-        return Ok(p.to_path_buf());
-    }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
-        return Ok(PathBuf::from(x).join("piha"));
-    }
-    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        Some(h) => Ok(PathBuf::from(h).join(".cache/piha")),
-        None => bail!("no cache directory: set --cache-dir, PIHA_CACHE_DIR or HOME"),
-    }
-}
+use crate::inputs::board::Family;
+use crate::pipeline::Env;
+use crate::pipeline::cache::Cache;
+use crate::pipeline::identity::sha256_hex;
+use crate::pipeline::manifest::Package;
+use crate::pipeline::plan::{Plan, ROOTFS_RECIPE_VERSION};
 
 /// Documentation, manual pages and translations: never read on an appliance.
 const DPKG_EXCLUDES: &[&str] = &[
@@ -71,9 +58,21 @@ pub const ADMIN_UID: u64 = piha_config::render::ADMIN_UID as u64;
 pub struct Rootfs {
     pub path: PathBuf,
     pub key: String,
-    /// True if a cached tarball was used.
-    pub cached: bool,
+    /// Whether the cached tarball was used (the summary reports it once, as `rootfs_cache`).
+    #[serde(skip)]
+    pub cache: Cache,
     pub size: u64,
+}
+
+/// How the root filesystem is made, besides the plan: what goes into the
+/// mmdebstrap command line and so into the cache key.
+struct Recipe {
+    keys: Vec<RepoKey>,
+    setup_hook: String,
+    customize_hook: String,
+    /// The board's rendered `rootfs_files`, if any.
+    files: Option<PathBuf>,
+    epoch: u64,
 }
 
 /// Everything that determines the rootfs, hashed into its cache key.
@@ -96,17 +95,57 @@ struct KeyMaterial<'a> {
 }
 
 /// Runs stage 1, or reuses the cached tarball.
-pub fn ensure(plan: &Plan, cache: &Path, no_cache: bool, runner: &dyn Runner, progress: &Progress) -> anyhow::Result<Rootfs> {
+pub fn ensure(plan: &Plan, env: &Env, no_cache: bool) -> anyhow::Result<Rootfs> {
+    let cache = env.cache.as_path();
     std::fs::create_dir_all(cache).with_context(|| format!("creating the cache directory {}", cache.display()))?;
+    let recipe = Recipe {
+        keys: fetch_keys(plan, cache, env.runner)?,
+        setup_hook: setup_hook(plan)?,
+        customize_hook: customize_hook(),
+        files: stage_rootfs_files(plan, cache)?,
+        epoch: env.epoch,
+    };
+    let key = cache_key(plan, &recipe, cache, env.runner)?;
+    let out = cache.join(format!("rootfs-{key}.tar"));
+
+    // One build per key at a time; a second process waits, then finds the tarball.
+    let lock_path = cache.join(format!("rootfs-{key}.lock"));
+    let lock = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    // File::lock (flock) is Rust 1.89. The workspace's 1.85 floor is for the
+    // cross-built agent and config crates; the builder only runs on the host.
+    #[allow(clippy::incompatible_msrv)]
+    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+    if out.exists() && !no_cache {
+        let size = std::fs::metadata(&out).with_context(|| format!("reading {}", out.display()))?.len();
+        env.progress.note(&format!(
+            "rootfs: cached {} ({})",
+            out.display(),
+            crate::progress::human_bytes(size)
+        ));
+        return Ok(Rootfs {
+            path: out,
+            key,
+            cache: Cache::Hit,
+            size,
+        });
+    }
+    build(plan, &recipe, &out, env)?;
+    let size = std::fs::metadata(&out).with_context(|| format!("reading {}", out.display()))?.len();
+    Ok(Rootfs {
+        path: out,
+        key,
+        cache: Cache::Miss,
+        size,
+    })
+}
+
+/// The cache key: a hash of everything that determines the root filesystem.
+fn cache_key(plan: &Plan, recipe: &Recipe, cache: &Path, runner: &dyn Runner) -> anyhow::Result<String> {
     let version = runner
         .run(&Cmd::new("mmdebstrap").arg("--version"))?
         .stdout_str()
         .trim()
         .to_string();
-    let keys = fetch_keys(plan, cache, runner)?;
-    let setup_hook = setup_hook(plan)?;
-    let customize_hook = customize_hook();
-    let files = stage_rootfs_files(plan, cache)?;
     let material = KeyMaterial {
         recipe: ROOTFS_RECIPE_VERSION,
         mmdebstrap: &version,
@@ -121,73 +160,40 @@ pub fn ensure(plan: &Plan, cache: &Path, no_cache: bool, runner: &dyn Runner, pr
             .map(|p| {
                 Ok((
                     p.display().to_string(),
-                    plan::sha256_hex(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+                    sha256_hex(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
                 ))
             })
             .collect::<anyhow::Result<_>>()?,
-        keys: keys.iter().map(|k| (k.name.clone(), k.sha256.clone())).collect(),
+        keys: recipe.keys.iter().map(|k| (k.name.clone(), k.sha256.clone())).collect(),
         modules: &plan.req.board.initramfs.modules,
         dpkg_excludes: plan.req.board.dpkg_excludes(),
-        command: command(
-            plan,
-            &cache.join("@OUT@"),
-            &cache.join("@DEBS@"),
-            &keys,
-            &setup_hook,
-            &customize_hook,
-            files.as_deref(),
-        )?
-        .display()
-        .replace(&cache.display().to_string(), "@CACHE@"),
+        command: command(plan, recipe, &cache.join("@OUT@"), &cache.join("@DEBS@"))
+            .display()
+            .replace(&cache.display().to_string(), "@CACHE@"),
     };
-    let key = plan::sha256_hex(serde_json::to_string(&material)?.as_bytes());
-    let out = cache.join(format!("rootfs-{key}.tar"));
+    Ok(sha256_hex(serde_json::to_string(&material)?.as_bytes()))
+}
 
-    // One build per key at a time; a second process waits, then finds the tarball.
-    let lock_path = cache.join(format!("rootfs-{key}.lock"));
-    let lock = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    // File::lock (flock) is Rust 1.89. The workspace's 1.85 floor is for the
-    // cross-built agent and config crates; the builder only runs on the host.
-    #[allow(clippy::incompatible_msrv)]
-    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
-    if out.exists() && !no_cache {
-        let size = std::fs::metadata(&out)?.len();
-        progress.note(&format!(
-            "rootfs: cached {} ({})",
-            out.display(),
-            crate::progress::human_bytes(size)
-        ));
-        return Ok(Rootfs {
-            path: out,
-            key,
-            cached: true,
-            size,
-        });
-    }
-
-    let debs = debs_dir(cache, plan);
+/// Runs mmdebstrap into a temporary name and renames the tarball to `out`.
+fn build(plan: &Plan, recipe: &Recipe, out: &Path, env: &Env) -> anyhow::Result<()> {
+    let debs = debs_dir(&env.cache, plan);
     std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    let tmp = cache.join(format!(".rootfs-{key}.partial.tar"));
-    let cmd = command(plan, &tmp, &debs, &keys, &setup_hook, &customize_hook, files.as_deref())?;
-    let task = progress.task(&format!(
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = out.with_file_name(format!(".{}.partial.tar", name.trim_end_matches(".tar")));
+    let cmd = command(plan, recipe, &tmp, &debs);
+    let task = env.progress.task(&format!(
         "rootfs: mmdebstrap {} {} ({} packages)",
         plan.req.distro.suite,
         plan.arch,
         plan.packages.len()
     ));
-    if let Err(e) = runner.run(&cmd) {
+    if let Err(e) = env.runner.run(&cmd) {
         let _ = std::fs::remove_file(&tmp);
         return Err(anyhow::Error::new(e).context(format!("building the {} {} root filesystem", plan.req.distro.name, plan.arch)));
     }
-    std::fs::rename(&tmp, &out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
     task.finish();
-    let size = std::fs::metadata(&out)?.len();
-    Ok(Rootfs {
-        path: out,
-        key,
-        cached: false,
-        size,
-    })
+    Ok(())
 }
 
 /// Where the .debs of a distro and architecture are kept between builds.
@@ -231,7 +237,7 @@ fn fetch_keys(plan: &Plan, cache: &Path, runner: &dyn Runner) -> anyhow::Result<
     let mut out = Vec::new();
     // One directory per set of key URLs: mmdebstrap's --keyring takes one directory.
     let urls: Vec<&str> = plan.extra_repos.iter().map(|r| r.repo.key.as_str()).collect();
-    let dir = cache.join("keys").join(&plan::sha256_hex(urls.join("\n").as_bytes())[..16]);
+    let dir = cache.join("keys").join(&sha256_hex(urls.join("\n").as_bytes())[..16]);
     for r in &plan.extra_repos {
         let name = format!("piha-{}.asc", r.name);
         let path = dir.join(&name);
@@ -248,7 +254,7 @@ fn fetch_keys(plan: &Plan, cache: &Path, runner: &dyn Runner) -> anyhow::Result<
                 .with_context(|| format!("downloading the signing key of the {} from {}", r.what, r.repo.key))?;
             std::fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         }
-        let sha256 = plan::sha256_hex(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
+        let sha256 = sha256_hex(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
         out.push(RepoKey { name, path, sha256 });
     }
     Ok(out)
@@ -331,7 +337,7 @@ fn stage_rootfs_files(plan: &Plan, cache: &Path) -> anyhow::Result<Option<PathBu
     let Some(files) = board.rootfs_files.get(&plan.req.distro.family).filter(|f| !f.is_empty()) else {
         return Ok(None);
     };
-    let hb = crate::customize::template_engine();
+    let hb = crate::pipeline::customize::template_engine();
     let ctx = serde_json::json!({
         "board": board.name,
         "root_label": board.partitions.root.label,
@@ -349,7 +355,7 @@ fn stage_rootfs_files(plan: &Plan, cache: &Path) -> anyhow::Result<Option<PathBu
         })?;
         rendered.push((path.clone(), text));
     }
-    let digest = plan::sha256_hex(serde_json::to_string(&rendered)?.as_bytes());
+    let digest = sha256_hex(serde_json::to_string(&rendered)?.as_bytes());
     let dir = cache.join("rootfs-files").join(&digest[..16]);
     if !dir.is_dir() {
         let tmp = cache.join("rootfs-files").join(format!(".{}.partial", &digest[..16]));
@@ -373,15 +379,8 @@ fn customize_hook() -> String {
     )
 }
 
-fn command(
-    plan: &Plan,
-    out: &Path,
-    debs: &Path,
-    keys: &[RepoKey],
-    setup_hook: &str,
-    customize_hook: &str,
-    files: Option<&Path>,
-) -> anyhow::Result<Cmd> {
+/// The mmdebstrap command writing the tarball `out`, with `debs` as its .deb cache.
+fn command(plan: &Plan, recipe: &Recipe, out: &Path, debs: &Path) -> Cmd {
     let family = plan.req.distro.family;
     let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
     let mut cmd = Cmd::new("mmdebstrap")
@@ -393,32 +392,18 @@ fn command(
     for deb in &plan.bundle_debs {
         cmd = cmd.arg(format!("--include={}", deb.display()));
     }
-    for opt in DPKG_EXCLUDES {
-        cmd = cmd.arg(format!("--dpkgopt={opt}"));
-    }
-    for pattern in plan.req.board.dpkg_excludes() {
-        cmd = cmd.arg(format!("--dpkgopt=path-exclude={pattern}"));
-    }
-    cmd = cmd.arg(format!("--setup-hook={setup_hook}"));
-    if !keys.is_empty() {
-        // mmdebstrap's own apt trusts the keys through --keyring; the image's
-        // apt finds them in trusted.gpg.d for later upgrades.
-        let dir = keys[0].path.parent().expect("key in a directory");
-        let mut copy = String::from("copy-in");
-        for k in keys {
-            copy.push(' ');
-            copy.push_str(&k.path.display().to_string());
-        }
-        copy.push_str(" /etc/apt/trusted.gpg.d/");
-        cmd = cmd.arg(format!("--keyring={}", dir.display())).arg(format!("--setup-hook={copy}"));
-    }
+    cmd = cmd
+        .args(dpkg_options(plan))
+        .arg(format!("--setup-hook={}", recipe.setup_hook))
+        .args(keyring_options(&recipe.keys));
     if !plan.bundle_debs.is_empty() {
         cmd = cmd.arg("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount");
     }
     // Merged /usr by usr-is-merged when the release has it, so the essential
     // set does not pull in usrmerge and perl (about 45 MiB) to convert it.
     cmd = cmd.arg("--hook-dir=/usr/share/mmdebstrap/hooks/maybe-merged-usr");
-    // The .deb cache (man mmdebstrap, "sync-in"): keep what was downloaded.
+    // The .deb cache: sync-in before and sync-out after, so what was
+    // downloaded stays for the next build.
     cmd = cmd
         .arg("--skip=essential/unlink")
         .arg("--setup-hook=mkdir -p \"$1/var/cache/apt/archives/\"")
@@ -426,11 +411,11 @@ fn command(
     for hook in essential_hooks(family) {
         cmd = cmd.arg(format!("--essential-hook={hook}"));
     }
-    for hook in final_hooks(family, files) {
+    for hook in final_hooks(family, recipe.files.as_deref()) {
         cmd = cmd.arg(format!("--customize-hook={hook}"));
     }
     cmd = cmd
-        .arg(format!("--customize-hook={customize_hook}"))
+        .arg(format!("--customize-hook={}", recipe.customize_hook))
         .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {}", debs.display()))
         .arg(&plan.req.distro.suite)
         .arg(out);
@@ -440,8 +425,34 @@ fn command(
     for r in &plan.extra_repos {
         cmd = cmd.arg(format!("deb {} /", r.repo.url));
     }
-    let epoch = crate::customize::source_date_epoch()?;
-    Ok(cmd.env("SOURCE_DATE_EPOCH", epoch.to_string()))
+    cmd.env("SOURCE_DATE_EPOCH", recipe.epoch.to_string())
+}
+
+/// `--dpkgopt`s: the path excludes every image has, then the board's.
+fn dpkg_options(plan: &Plan) -> Vec<String> {
+    let common = DPKG_EXCLUDES.iter().map(|opt| format!("--dpkgopt={opt}"));
+    let board = plan
+        .req
+        .board
+        .dpkg_excludes()
+        .into_iter()
+        .map(|p| format!("--dpkgopt=path-exclude={p}"));
+    common.chain(board).collect()
+}
+
+/// The extra repositories' keys: mmdebstrap's own apt trusts them through
+/// --keyring; the image's apt finds them in trusted.gpg.d for later upgrades.
+fn keyring_options(keys: &[RepoKey]) -> Vec<String> {
+    let Some(dir) = keys.first().and_then(|k| k.path.parent()) else {
+        return Vec::new();
+    };
+    let mut copy = String::from("copy-in");
+    for k in keys {
+        copy.push(' ');
+        copy.push_str(&k.path.display().to_string());
+    }
+    copy.push_str(" /etc/apt/trusted.gpg.d/");
+    vec![format!("--keyring={}", dir.display()), format!("--setup-hook={copy}")]
 }
 
 #[cfg(test)]
@@ -449,8 +460,8 @@ mod tests {
     use std::path::Path;
 
     use super::{essential_hooks, final_hooks, prune_debs};
-    use crate::board::Family;
-    use crate::manifest::Package;
+    use crate::inputs::board::Family;
+    use crate::pipeline::manifest::Package;
 
     #[test]
     fn initramfs_and_depmod_run_once_at_the_end() {

@@ -8,22 +8,71 @@
 //! profile skips the Kubernetes packages, when a production build has no way
 //! to get them.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use piha_config::cluster::{ClusterFile, Runtime};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
+use serde::{Deserialize, Serialize};
 
-use crate::board::{Arch, Board};
-use crate::cli::Profile;
-use crate::distro::{AptRepo, Distro, Mirror};
-use crate::host_apt::{self, AptSource};
-use crate::manifest::Skipped;
+use crate::inputs::board::{Arch, Board};
+use crate::inputs::distro::{AptRepo, Distro, Mirror};
+use crate::host::apt::{self, AptSource};
+use crate::pipeline::manifest::Skipped;
 
 /// Bumped whenever the rootfs stage changes in a way its inputs do not show
 /// (hook scripts, mmdebstrap options), so old cached tarballs are not reused.
 pub const ROOTFS_RECIPE_VERSION: u32 = 2;
+
+/// What a build is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// What users flash: real Kubernetes packages.
+    Production,
+    /// Adds the test-only overlay (recording kubeadm, power-off when the agent is done).
+    Test,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Production => "production",
+            Profile::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an archive mirror's URL came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MirrorSource {
+    /// `piha build --mirror URL`.
+    Flag,
+    /// The distro file's URL (or its per-architecture URL).
+    DistroFile,
+    /// `url: host`: the build host's apt source for the suite.
+    HostApt,
+    /// `url: host` without a host source: the distro file's fallback.
+    Fallback,
+}
+
+impl fmt::Display for MirrorSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MirrorSource::Flag => "--mirror",
+            MirrorSource::DistroFile => "the distro file",
+            MirrorSource::HostApt => "the host's apt sources",
+            MirrorSource::Fallback => "the distro file's fallback",
+        })
+    }
+}
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
@@ -46,6 +95,8 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ArchiveSource {
     pub url: String,
+    /// Where `url` came from.
+    pub from: MirrorSource,
     pub suite: String,
     pub components: Vec<String>,
     /// For messages: "debian-bookworm mirror", "debian-bookworm security".
@@ -109,120 +160,36 @@ pub struct Plan {
 impl Plan {
     /// Resolves a request. `host` is the build host's apt sources (for `mirror: host`).
     pub fn resolve(req: Request, host: &[AptSource], data_dir: &Path) -> anyhow::Result<Plan> {
-        let d = &req.distro;
-        let df = req.distro_file.display().to_string();
-        let arch = req.board.arch;
         let version = req.cluster.kubernetes.version;
         let k8s_minor = format!("{}.{}", version.major, version.minor);
-        let kernel = req.board.packages_for(d.family, &req.board_file)?.to_vec();
-
-        let main_url = match &req.mirror {
-            Some(m) => m.trim_end_matches('/').to_string(),
-            None => resolve_mirror(&d.mirror, &d.suite, arch, host).with_context(|| format!("{df}: mirror"))?,
-        };
-        let mut sources = Vec::new();
-        for suite in std::iter::once(&d.suite).chain(&d.updates) {
-            let what = if *suite == d.suite {
-                format!("{} mirror", d.name)
-            } else {
-                format!("{} {suite}", d.name)
-            };
-            sources.push(ArchiveSource {
-                url: main_url.clone(),
-                suite: suite.clone(),
-                components: d.components.clone(),
-                what,
-            });
-        }
-        if let Some(sec) = &d.security {
-            let url = resolve_mirror(&sec.mirror, &sec.suite, arch, host).with_context(|| format!("{df}: security.mirror"))?;
-            sources.push(ArchiveSource {
-                url,
-                suite: sec.suite.clone(),
-                components: d.components.clone(),
-                what: format!("{} security", d.name),
-            });
-        }
-
+        let sources = archive_sources(&req, host)?;
         let bundle_debs = match &req.k8s_bundle {
             Some(dir) => bundle_debs(dir)?,
             None => Vec::new(),
         };
-        let runtime = req.cluster.kubernetes.runtime;
-        let mut packages = kernel;
-        packages.extend(d.packages.base.iter().cloned());
-        packages.extend(d.packages.director.iter().cloned());
+        let mut packages = req.board.packages_for(req.distro.family, &req.board_file)?.to_vec();
+        packages.extend(req.distro.packages.base.iter().cloned());
+        packages.extend(req.distro.packages.director.iter().cloned());
+        let runtime = runtime_packages(&req, &k8s_minor, &bundle_debs)?;
+        let kubernetes = kubernetes_packages(&req, &k8s_minor, !bundle_debs.is_empty())?;
         let mut extra_repos = Vec::new();
         let mut skipped = Vec::new();
-
-        // The container runtime: containerd from the archive; CRI-O from its
-        // repository unless the bundle carries it.
-        let runtime_pkgs = d.packages.runtime.for_runtime(runtime).to_vec();
-        let bundle_has_crio = bundle_debs
-            .iter()
-            .any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cri-o")));
-        match runtime {
-            Runtime::Crio if bundle_has_crio => {}
-            Runtime::Crio => {
-                let Some(src) = &d.crio_source else {
-                    bail!(
-                        "{df}: crio_source: the cluster's runtime is crio but {} has no CRI-O source (fix: add crio_source, use runtime: containerd, or pass --k8s-bundle DIR with the cri-o .deb)",
-                        d.name
-                    );
-                };
-                extra_repos.push(ExtraRepo {
-                    name: "cri-o".into(),
-                    repo: src.apt.pinned(&k8s_minor),
-                    what: format!("CRI-O {k8s_minor} repository"),
-                });
-                packages.extend(runtime_pkgs);
-            }
-            Runtime::Containerd => packages.extend(runtime_pkgs),
-        }
-
-        // Kubernetes: the bundle, else the distro's repository; the test
-        // profile goes without (its overlay's recording kubeadm stands in).
-        let k8s = d.packages.kubernetes.clone();
-        if !bundle_debs.is_empty() {
-            // The bundle's .debs satisfy the names; apt resolves their dependencies.
-        } else if req.profile == Profile::Test {
-            skipped.push(Skipped {
-                role: "kubernetes".into(),
-                packages: k8s,
-                reason:
-                    "test profile: the recording kubeadm of overlays/test stands in; no kubelet, kubeadm or kubectl package is installed"
-                        .into(),
-            });
-        } else {
-            let Some(src) = &d.kubernetes_source else {
-                bail!(
-                    "{df}: kubernetes_source: {} has no Kubernetes package source and no --k8s-bundle was given. Two routes: pass --k8s-bundle DIR holding the kubeadm, kubelet, kubectl, cri-tools and kubernetes-cni .debs for {k8s_minor}, or build a test image with --profile test (recording kubeadm, not for production)",
-                    d.name
-                );
-            };
-            extra_repos.push(ExtraRepo {
-                name: "kubernetes".into(),
-                repo: src.apt.pinned(&k8s_minor),
-                what: format!("Kubernetes {k8s_minor} repository (pkgs.k8s.io)"),
-            });
-            packages.extend(k8s);
+        for part in [runtime, kubernetes] {
+            packages.extend(part.packages);
+            extra_repos.extend(part.repo);
+            skipped.extend(part.skipped);
         }
         dedup_keep_order(&mut packages);
-
         let overlays_root = data_dir.join("overlays");
-        let mut overlays = vec![overlays_root.join("base"), overlays_root.join("agent")];
-        if req.profile == Profile::Test {
-            overlays.push(overlays_root.join("test"));
-        }
         Ok(Plan {
-            arch,
+            arch: req.board.arch,
             k8s_minor,
             sources,
             extra_repos,
             packages,
             bundle_debs,
             skipped,
-            overlays,
+            overlays: overlays(&overlays_root, req.profile),
             templates: overlays_root.join("image-templates"),
             req,
         })
@@ -260,20 +227,154 @@ impl Plan {
     }
 }
 
-/// A mirror's URL for `suite` on `arch`: the per-arch URL, the URL, or for
-/// `host` the host's apt source for the suite, else the fallback.
-pub fn resolve_mirror(m: &Mirror, suite: &str, arch: Arch, host: &[AptSource]) -> anyhow::Result<String> {
+/// What one role adds to the plan: packages, maybe the repository they come
+/// from, or why they were left out.
+#[derive(Debug, Default)]
+struct Part {
+    packages: Vec<String>,
+    repo: Option<ExtraRepo>,
+    skipped: Option<Skipped>,
+}
+
+/// The distro archive's sources: the suite and its updates from the main
+/// mirror, then the security suite from its own.
+fn archive_sources(req: &Request, host: &[AptSource]) -> anyhow::Result<Vec<ArchiveSource>> {
+    let d = &req.distro;
+    let df = req.distro_file.display();
+    let arch = req.board.arch;
+    let (main_url, main_from) = match &req.mirror {
+        Some(m) => (m.trim_end_matches('/').to_string(), MirrorSource::Flag),
+        None => resolve_mirror(&d.mirror, &d.suite, arch, host).with_context(|| format!("{df}: mirror"))?,
+    };
+    let mut sources = Vec::new();
+    for suite in std::iter::once(&d.suite).chain(&d.updates) {
+        let what = if *suite == d.suite {
+            format!("{} mirror", d.name)
+        } else {
+            format!("{} {suite}", d.name)
+        };
+        sources.push(ArchiveSource {
+            url: main_url.clone(),
+            from: main_from,
+            suite: suite.clone(),
+            components: d.components.clone(),
+            what,
+        });
+    }
+    if let Some(sec) = &d.security {
+        let (url, from) = resolve_mirror(&sec.mirror, &sec.suite, arch, host).with_context(|| format!("{df}: security.mirror"))?;
+        sources.push(ArchiveSource {
+            url,
+            from,
+            suite: sec.suite.clone(),
+            components: d.components.clone(),
+            what: format!("{} security", d.name),
+        });
+    }
+    Ok(sources)
+}
+
+/// The container runtime: containerd from the archive; CRI-O from its
+/// repository unless the bundle carries it.
+fn runtime_packages(req: &Request, k8s_minor: &str, bundle_debs: &[PathBuf]) -> anyhow::Result<Part> {
+    let d = &req.distro;
+    let runtime = req.cluster.kubernetes.runtime;
+    let packages = d.packages.runtime.for_runtime(runtime).to_vec();
+    let bundle_has_crio = bundle_debs
+        .iter()
+        .any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cri-o")));
+    match runtime {
+        Runtime::Crio if bundle_has_crio => Ok(Part::default()),
+        Runtime::Crio => {
+            let Some(src) = &d.crio_source else {
+                bail!(
+                    "{}: crio_source: the cluster's runtime is crio but {} has no CRI-O source (fix: add crio_source, use runtime: containerd, or pass --k8s-bundle DIR with the cri-o .deb)",
+                    req.distro_file.display(),
+                    d.name
+                );
+            };
+            let repo = ExtraRepo {
+                name: "cri-o".into(),
+                repo: src.apt.pinned(k8s_minor),
+                what: format!("CRI-O {k8s_minor} repository"),
+            };
+            Ok(Part {
+                packages,
+                repo: Some(repo),
+                skipped: None,
+            })
+        }
+        Runtime::Containerd => Ok(Part {
+            packages,
+            ..Part::default()
+        }),
+    }
+}
+
+/// Kubernetes: the bundle's .debs satisfy the names (apt resolves their
+/// dependencies), else the distro's repository; the test profile goes
+/// without (its overlay's recording kubeadm stands in).
+fn kubernetes_packages(req: &Request, k8s_minor: &str, bundled: bool) -> anyhow::Result<Part> {
+    let d = &req.distro;
+    let k8s = d.packages.kubernetes.clone();
+    if bundled {
+        return Ok(Part::default());
+    }
+    if req.profile == Profile::Test {
+        return Ok(Part {
+            skipped: Some(Skipped {
+                role: "kubernetes".into(),
+                packages: k8s,
+                reason:
+                    "test profile: the recording kubeadm of overlays/test stands in; no kubelet, kubeadm or kubectl package is installed"
+                        .into(),
+            }),
+            ..Part::default()
+        });
+    }
+    let Some(src) = &d.kubernetes_source else {
+        bail!(
+            "{}: kubernetes_source: {} has no Kubernetes package source and no --k8s-bundle was given. Two routes: pass --k8s-bundle DIR holding the kubeadm, kubelet, kubectl, cri-tools and kubernetes-cni .debs for {k8s_minor}, or build a test image with --profile test (recording kubeadm, not for production)",
+            req.distro_file.display(),
+            d.name
+        );
+    };
+    let repo = ExtraRepo {
+        name: "kubernetes".into(),
+        repo: src.apt.pinned(k8s_minor),
+        what: format!("Kubernetes {k8s_minor} repository (pkgs.k8s.io)"),
+    };
+    Ok(Part {
+        packages: k8s,
+        repo: Some(repo),
+        skipped: None,
+    })
+}
+
+/// The overlay trees, in order: the test overlay only for the test profile.
+fn overlays(root: &Path, profile: Profile) -> Vec<PathBuf> {
+    let mut overlays = vec![root.join("base"), root.join("agent")];
+    if profile == Profile::Test {
+        overlays.push(root.join("test"));
+    }
+    overlays
+}
+
+/// A mirror's URL for `suite` on `arch`, and where it came from: the
+/// per-arch URL, the URL, or for `host` the host's apt source for the
+/// suite, else the fallback.
+pub fn resolve_mirror(m: &Mirror, suite: &str, arch: Arch, host: &[AptSource]) -> anyhow::Result<(String, MirrorSource)> {
     if let Some(url) = m.arch.get(&arch) {
-        return Ok(url.trim_end_matches('/').to_string());
+        return Ok((url.trim_end_matches('/').to_string(), MirrorSource::DistroFile));
     }
     if m.url != "host" {
-        return Ok(m.url.trim_end_matches('/').to_string());
+        return Ok((m.url.trim_end_matches('/').to_string(), MirrorSource::DistroFile));
     }
-    if let Some(url) = host_apt::mirror_for_suite(host, suite) {
-        return Ok(url);
+    if let Some(url) = apt::mirror_for_suite(host, suite) {
+        return Ok((url, MirrorSource::HostApt));
     }
     match &m.fallback {
-        Some(f) => Ok(f.trim_end_matches('/').to_string()),
+        Some(f) => Ok((f.trim_end_matches('/').to_string(), MirrorSource::Fallback)),
         None => bail!("url: host, but no apt source on this machine serves {suite} (fix: pass --mirror URL or set a fallback)"),
     }
 }
@@ -311,61 +412,16 @@ fn dedup_keep_order(v: &mut Vec<String>) {
     v.retain(|x| seen.insert(x.clone()));
 }
 
-/// sha256 of some bytes, hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// A digest of a directory tree: every path, type, executable bit and content.
-pub fn tree_digest(dir: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let mut h = Sha256::new();
-    if !dir.exists() {
-        h.update(b"absent");
-        return Ok(hex::encode(h.finalize()));
-    }
-    let mut stack = vec![dir.to_path_buf()];
-    let mut files = Vec::new();
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let p = e.with_context(|| format!("reading {}", d.display()))?.path();
-            let meta = std::fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
-            if meta.is_dir() {
-                stack.push(p.clone());
-            }
-            files.push((p, meta));
-        }
-    }
-    files.sort_by(|a, b| a.0.cmp(&b.0));
-    for (p, meta) in files {
-        let rel = p.strip_prefix(dir).unwrap_or(&p);
-        h.update(rel.as_os_str().as_encoded_bytes());
-        h.update([0]);
-        if meta.file_type().is_symlink() {
-            h.update(b"l");
-            h.update(std::fs::read_link(&p)?.as_os_str().as_encoded_bytes());
-        } else if meta.is_file() {
-            h.update(if meta.mode() & 0o111 != 0 { b"x" } else { b"f" });
-            h.update(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
-        } else {
-            h.update(b"d");
-        }
-        h.update([0]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
 
     use piha_config::cluster::{ClusterFile, Runtime};
 
-    use super::{Plan, Request, resolve_mirror};
-    use crate::board::{Arch, Board};
-    use crate::cli::Profile;
-    use crate::distro::{Distro, Mirror};
-    use crate::host_apt::parse_deb822;
+    use super::{MirrorSource, Plan, Profile, Request, resolve_mirror};
+    use crate::inputs::board::{Arch, Board};
+    use crate::inputs::distro::{Distro, Mirror};
+    use crate::host::apt::parse_deb822;
 
     fn data() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -395,7 +451,7 @@ mod tests {
         }
     }
 
-    fn host() -> Vec<crate::host_apt::AptSource> {
+    fn host() -> Vec<crate::host::apt::AptSource> {
         parse_deb822(
             Path::new("debian.sources"),
             "Types: deb\nURIs: http://mirror.test/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://mirror.test/debian-security\nSuites: bookworm-security\nComponents: main\n",
@@ -407,6 +463,7 @@ mod tests {
         let p = Plan::resolve(request("debian-bookworm", Profile::Test, Runtime::Containerd), &host(), &data()).unwrap();
         assert_eq!(p.sources[0].release_url(), "http://mirror.test/debian/dists/bookworm/Release");
         assert_eq!(p.sources[2].url, "http://mirror.test/debian-security");
+        assert_eq!(p.sources[0].from, MirrorSource::HostApt);
         assert!(p.extra_repos.is_empty());
         assert!(!p.packages.iter().any(|x| x == "kubeadm"));
         assert!(p.packages.iter().any(|x| x == "containerd"));
@@ -428,6 +485,18 @@ mod tests {
         assert!(p.packages.iter().any(|x| x == "cri-o"));
         assert!(p.skipped.is_empty());
         assert!(!p.overlays.iter().any(|o| o.ends_with("test")));
+    }
+
+    #[test]
+    fn mirror_flag_wins_for_the_main_suites() {
+        let mut req = request("debian-bookworm", Profile::Test, Runtime::Containerd);
+        req.mirror = Some("http://flag.test/debian/".into());
+        let p = Plan::resolve(req, &host(), &data()).unwrap();
+        assert_eq!(
+            (p.sources[0].url.as_str(), p.sources[0].from),
+            ("http://flag.test/debian", MirrorSource::Flag)
+        );
+        assert_eq!(p.sources[2].from, MirrorSource::HostApt, "security keeps its own mirror");
     }
 
     #[test]
@@ -475,10 +544,10 @@ mod tests {
         };
         assert_eq!(
             resolve_mirror(&m, "noble", Arch::Arm64, &[]).unwrap(),
-            "http://ports.ubuntu.com/ubuntu-ports"
+            ("http://ports.ubuntu.com/ubuntu-ports".to_string(), MirrorSource::DistroFile)
         );
         assert_eq!(
-            resolve_mirror(&m, "noble", Arch::Amd64, &[]).unwrap(),
+            resolve_mirror(&m, "noble", Arch::Amd64, &[]).unwrap().0,
             "http://archive.ubuntu.com/ubuntu"
         );
         let host_only = Mirror {

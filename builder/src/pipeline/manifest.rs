@@ -8,6 +8,8 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::plan::Profile;
+
 /// One installed package, as dpkg records it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Package {
@@ -69,10 +71,10 @@ pub struct Manifest {
     pub board: String,
     pub distro: String,
     pub arch: String,
-    pub profile: String,
+    pub profile: Profile,
     pub kubernetes_version: String,
     pub runtime: String,
-    /// sha256 over every input: see `plan::input_hash`.
+    /// sha256 over every input: see `identity::input_hash`.
     pub input_hash: String,
     pub rootfs_key: String,
     /// Where the packages came from (apt sources, bundle files).
