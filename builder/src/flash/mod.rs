@@ -2,6 +2,7 @@
 //! stamp the node's identity onto it.
 //!
 //! - `source`: the image as a decompressed stream and its block map;
+//! - `stream`: that stream in chunks, hashed and checked against the block map;
 //! - `safety`: what must be true of a device before a byte is written;
 //! - `target`: where bytes go (`WriteTarget`: block device, file, failing);
 //! - `write` + `verify`: the write order that never leaves a half-written
@@ -11,6 +12,7 @@
 pub mod ledger;
 pub mod safety;
 pub mod source;
+pub(crate) mod stream;
 pub mod target;
 pub mod verify;
 pub mod write;
@@ -31,7 +33,7 @@ use crate::flash::ledger::{Ledger, LedgerEntry, ledger_path, now_rfc3339};
 use crate::flash::safety::DeviceInfo;
 use crate::flash::source::{Compression, ImageSource};
 use crate::flash::target::{BlockTarget, FileTarget};
-use crate::flash::write::{WriteReport, write_image};
+use crate::flash::write::{Verify, WriteReport, write_image_with};
 use crate::progress::{Progress, human_bytes};
 use crate::{card, stamp, validate};
 
@@ -164,7 +166,7 @@ pub fn flash_device(
             anyhow::Error::new(e).context(format!("opening {} for writing", info.path.display()))
         }
     })?;
-    let report = write_image(source.stream()?, &source.bmap, &mut target, &progress)?;
+    let report = write_image_with(source.stream()?, &source.bmap, &mut target, &progress, verify_mode(opts))?;
     // stamp opens the disk itself, exclusively: close ours first.
     drop(target);
     stamp_node(opts, node, &info.path)?;
@@ -196,12 +198,21 @@ pub fn flash_file(
     }
     let started = Instant::now();
     let mut target = FileTarget::create(path, source.bmap.image_size).with_context(|| format!("creating {}", path.display()))?;
-    let report = write_image(source.stream()?, &source.bmap, &mut target, &progress)?;
+    let report = write_image_with(source.stream()?, &source.bmap, &mut target, &progress, verify_mode(opts))?;
     drop(target);
     stamp_node(opts, node, path)?;
     let summary = summarize(node, path, None, source, report, started);
     record(&opts.cluster.cluster, &summary)?;
     Ok(summary)
+}
+
+fn verify_mode(opts: &FlashOpts) -> Verify {
+    if opts.no_verify {
+        eprintln!("piha: warning: --no-verify: nothing is read back; a card that does not keep what it is given goes unnoticed");
+        Verify::Off
+    } else {
+        Verify::ReadBack
+    }
 }
 
 fn stamp_node(opts: &FlashOpts, node: &str, target: &Path) -> anyhow::Result<()> {
@@ -298,10 +309,16 @@ fn print_summary(s: &FlashSummary) {
         r.ranges_checked_against_bmap
     );
     println!("  skipped   {} (unmapped)", human_bytes(r.bytes_skipped));
-    println!("  verified  {} read back from the medium", human_bytes(r.bytes_verified));
+    if r.mapped_sha256_device.is_empty() {
+        println!("  verified  nothing: --no-verify skipped the read-back");
+    } else {
+        println!("  verified  {} read back from the medium", human_bytes(r.bytes_verified));
+    }
     println!("  image sha256            {}", r.image_sha256);
     println!("  mapped sha256 (image)   {}", r.mapped_sha256_image);
-    println!("  mapped sha256 (device)  {}", r.mapped_sha256_device);
+    if !r.mapped_sha256_device.is_empty() {
+        println!("  mapped sha256 (device)  {}", r.mapped_sha256_device);
+    }
 }
 
 /// Asks y/N on the terminal unless `yes`; without a terminal, refuses.
