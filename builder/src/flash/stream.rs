@@ -10,34 +10,47 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
 use crate::bmap::{Bmap, ChecksumType, RangeHasher};
+use crate::flash::target::AlignedBuf;
 use crate::flash::write::Extent;
 
 /// Size of the pieces the stream is read, hashed, written and read back in.
 pub(crate) const CHUNK: usize = 4 << 20;
 
-/// Image bytes `[offset, offset + data.len())`.
+/// Image bytes `[offset, offset + data().len())`, in a buffer aligned for
+/// O_DIRECT so the writer hands it to the medium without a copy.
 pub(crate) struct Chunk {
     pub(crate) offset: u64,
-    pub(crate) data: Vec<u8>,
+    buf: AlignedBuf,
 }
 
 impl Chunk {
+    pub(crate) fn data(&self) -> &[u8] {
+        self.buf.as_slice()
+    }
+
     pub(crate) fn end(&self) -> u64 {
-        self.offset + self.data.len() as u64
+        self.offset + self.data().len() as u64
     }
 }
 
 /// Buffers given back by whichever stage held a chunk last, so the reader
 /// reuses their pages instead of faulting in fresh zeroed ones.
 #[derive(Default)]
-pub(crate) struct Pool(Mutex<Vec<Vec<u8>>>);
+pub(crate) struct Pool(Mutex<Vec<AlignedBuf>>);
 
 /// More buffers than the channels between the stages can hold are never needed.
 const POOL_MAX: usize = 32;
 
 impl Pool {
-    fn take(&self) -> Vec<u8> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default()
+    fn take(&self) -> AlignedBuf {
+        let reused = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match reused {
+            Some(mut buf) => {
+                buf.restore();
+                buf
+            }
+            None => AlignedBuf::new(CHUNK),
+        }
     }
 
     /// Takes the chunk's buffer back if this was its last holder.
@@ -45,7 +58,7 @@ impl Pool {
         if let Ok(c) = Arc::try_unwrap(chunk) {
             let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
             if pool.len() < POOL_MAX {
-                pool.push(c.data);
+                pool.push(c.buf);
             }
         }
     }
@@ -63,8 +76,7 @@ pub(crate) fn read_chunks(
     let mut total = 0u64;
     loop {
         let mut buf = pool.take();
-        buf.resize(CHUNK, 0);
-        let n = fill(&mut stream, &mut buf).context("reading the image")?;
+        let n = fill(&mut stream, buf.as_mut_slice()).context("reading the image")?;
         if n == 0 {
             return Ok(total);
         }
@@ -72,7 +84,7 @@ pub(crate) fn read_chunks(
             bail!("the image is longer than the {image_size} bytes its block map says; the .bmap belongs to another image");
         }
         buf.truncate(n);
-        let chunk = Arc::new(Chunk { offset: total, data: buf });
+        let chunk = Arc::new(Chunk { offset: total, buf });
         total += n as u64;
         for stage in stages {
             if stage.send(Arc::clone(&chunk)).is_err() {
@@ -100,7 +112,7 @@ fn fill(stream: &mut Box<dyn Read + Send>, buf: &mut [u8]) -> std::io::Result<us
 pub(crate) fn hash_all(rx: Receiver<Arc<Chunk>>, pool: &Pool) -> String {
     let mut h = Sha256::new();
     for chunk in rx.iter() {
-        h.update(&chunk.data);
+        h.update(chunk.data());
         pool.give(chunk);
     }
     hex::encode(h.finalize())
@@ -136,7 +148,7 @@ pub(crate) fn check_extents(rx: Receiver<Arc<Chunk>>, bmap: &Bmap, extents: &[Ex
                 if s == e.bytes.start {
                     start_extent(&mut cur, bmap, extents);
                 }
-                let data = &chunk.data[(s - pos) as usize..(t - pos) as usize];
+                let data = &chunk.data()[(s - pos) as usize..(t - pos) as usize];
                 cur.extent.as_mut().expect("extent started").update(data);
                 if let Some(r) = cur.range.as_mut() {
                     r.update(data);

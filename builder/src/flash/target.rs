@@ -5,21 +5,22 @@
 //! Every method takes `&self` (positional reads and writes need no cursor), so
 //! one thread writes while another reads back what was written before.
 //!
+//! Both kinds of target get a second descriptor opened with O_DIRECT. Aligned
+//! writes (offset, length and buffer on 4096-byte boundaries: every block-map
+//! range the image stream hands over) go through it straight to the medium:
+//! copying them into the page cache first would cost as much CPU as hashing
+//! them, for pages nobody reads again, and the progress would lie about a slow
+//! card. Other writes (the first MiB, a short last block) go through the cache
+//! and are pushed towards the medium as they go (write-behind: every
+//! `WRITE_BEHIND` bytes, `posix_fadvise(DONTNEED)` starts their writeback).
+//!
 //! Read-back bypasses the page cache, otherwise verification would only prove
-//! that the kernel remembers what it was given. Both kinds of target get a
-//! second descriptor opened with O_DIRECT and read into aligned buffers: an
-//! O_DIRECT read first writes back any dirty cached page of its range and then
-//! reads the medium itself. Where O_DIRECT is refused (tmpfs, some network file
-//! systems), each read-back syncs, drops the range's cached pages with
+//! that the kernel remembers what it was given: an O_DIRECT read first writes
+//! back any dirty cached page of its range and then reads the medium itself.
+//! Where O_DIRECT is refused (tmpfs, some network file systems), every write
+//! is buffered, and each read-back syncs, drops the range's cached pages with
 //! `posix_fadvise(DONTNEED)` (advisory: a page under writeback or mapped by
 //! someone stays cached) and reads through the cache.
-//!
-//! Writes go through the page cache and are pushed towards the medium as they
-//! go (write-behind): every `WRITE_BEHIND` bytes, `posix_fadvise(DONTNEED)`
-//! starts writeback of what was written and drops what is already clean. The
-//! medium then works while the image is still being read, the final sync is
-//! short, the progress bar is honest about a slow card, and gigabytes of dirty
-//! pages never pile up.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -60,7 +61,7 @@ pub const DIRECT_ALIGN: usize = 4096;
 struct Medium {
     path: PathBuf,
     file: File,
-    /// O_DIRECT reader, or None where O_DIRECT was refused.
+    /// O_DIRECT descriptor, or None where O_DIRECT was refused.
     direct: Option<File>,
     size: u64,
     /// Logical sector size: O_DIRECT offsets and lengths align to it.
@@ -73,13 +74,14 @@ impl Medium {
     fn new(path: &Path, file: File, size: u64, sector: u64) -> Medium {
         let direct = match OpenOptions::new()
             .read(true)
+            .write(true)
             .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
             .open(path)
         {
             Ok(f) => Some(f),
             Err(e) => {
                 log::warn!(
-                    "{}: O_DIRECT refused ({e}); verifying after dropping the page cache instead",
+                    "{}: O_DIRECT refused ({e}); writing through the page cache and verifying after dropping it",
                     path.display()
                 );
                 None
@@ -95,7 +97,17 @@ impl Medium {
         }
     }
 
+    /// The O_DIRECT descriptor, if it can take this request as it is.
+    fn direct_for(&self, offset: u64, buf: &[u8]) -> Option<&File> {
+        let align = self.sector.max(DIRECT_ALIGN as u64);
+        let aligned = offset % align == 0 && buf.len() as u64 % align == 0 && (buf.as_ptr() as usize) % DIRECT_ALIGN == 0;
+        self.direct.as_ref().filter(|_| aligned)
+    }
+
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        if let Some(direct) = self.direct_for(offset, buf) {
+            return direct.write_all_at(buf, offset);
+        }
         self.file.write_all_at(buf, offset)?;
         let end = offset + buf.len() as u64;
         let kick = {
@@ -120,12 +132,11 @@ impl Medium {
             drop_range(&self.file, offset..offset + buf.len() as u64)?;
             return self.file.read_exact_at(buf, offset);
         };
-        let align = self.sector.max(DIRECT_ALIGN as u64);
-        let aligned = offset % align == 0 && buf.len() as u64 % align == 0 && (buf.as_ptr() as usize) % DIRECT_ALIGN == 0;
-        if aligned {
+        if let Some(direct) = self.direct_for(offset, buf) {
             return direct.read_exact_at(buf, offset);
         }
         // Widen to whole sectors, read into an aligned bounce buffer.
+        let align = self.sector.max(DIRECT_ALIGN as u64);
         let start = offset / align * align;
         let end = (offset + buf.len() as u64).div_ceil(align) * align;
         let mut bounce = AlignedBuf::new((end - start) as usize);
@@ -272,8 +283,22 @@ impl AlignedBuf {
         AlignedBuf { storage, offset, len }
     }
 
+    pub fn as_slice(&self) -> &[u8] {
+        &self.storage[self.offset..self.offset + self.len]
+    }
+
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.storage[self.offset..self.offset + self.len]
+    }
+
+    /// Shortens the buffer; the storage stays for reuse.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Lengthens a truncated buffer again, up to the size it was made with.
+    pub fn restore(&mut self) {
+        self.len = self.storage.len() - DIRECT_ALIGN;
     }
 }
 

@@ -66,7 +66,7 @@ pub(crate) fn follow(
     };
     for w in rx.iter() {
         for p in &w.pieces {
-            let want = &w.chunk.data[(p.bytes.start - w.chunk.offset) as usize..(p.bytes.end - w.chunk.offset) as usize];
+            let want = &w.chunk.data()[(p.bytes.start - w.chunk.offset) as usize..(p.bytes.end - w.chunk.offset) as usize];
             compare(target, &extents[p.extent], p.bytes.start, want, &mut buf)?;
             let keep = want.len().min(SAMPLE);
             out.samples.push(Sample {

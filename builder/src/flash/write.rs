@@ -315,7 +315,7 @@ fn write_chunks(
             let e = &extents[next];
             let (s, t) = (e.bytes.start.max(pos), e.bytes.end.min(end));
             if s < t {
-                let data = &chunk.data[(s - pos) as usize..(t - pos) as usize];
+                let data = &chunk.data()[(s - pos) as usize..(t - pos) as usize];
                 if e.head {
                     head[s as usize..t as usize].copy_from_slice(data);
                 } else {
@@ -333,14 +333,14 @@ fn write_chunks(
         let handed: u64 = pieces.iter().map(|p| len(&p.bytes)).sum();
         match &verify_tx {
             Some(tx) => {
-                task.inc(chunk.data.len() as u64 - handed);
+                task.inc(chunk.data().len() as u64 - handed);
                 if !pieces.is_empty() && tx.send(Written { chunk, pieces }).is_err() {
                     // The read-back stopped, and says why.
                     break;
                 }
             }
             None => {
-                task.inc(chunk.data.len() as u64);
+                task.inc(chunk.data().len() as u64);
                 pool.give(chunk);
             }
         }
