@@ -5,14 +5,17 @@
 //! Every method takes `&self` (positional reads and writes need no cursor), so
 //! one thread writes while another reads back what was written before.
 //!
-//! Both kinds of target get a second descriptor opened with O_DIRECT. Aligned
-//! writes (offset, length and buffer on 4096-byte boundaries: every block-map
-//! range the image stream hands over) go through it straight to the medium:
-//! copying them into the page cache first would cost as much CPU as hashing
-//! them, for pages nobody reads again, and the progress would lie about a slow
-//! card. Other writes (the first MiB, a short last block) go through the cache
-//! and are pushed towards the medium as they go (write-behind: every
-//! `WRITE_BEHIND` bytes, `posix_fadvise(DONTNEED)` starts their writeback).
+//! Both kinds of target get a second descriptor opened with O_DIRECT. On a
+//! block device, aligned writes (offset, length and buffer on 4096-byte
+//! boundaries: every block-map range the image stream hands over) go through
+//! it straight to the medium: copying them into the page cache first costs
+//! CPU for pages nobody reads again, and makes the progress lie about a slow
+//! card. A file's writes stay buffered: there, the file system's delayed
+//! allocation and batched writeback beat one synchronous O_DIRECT write at a
+//! time (measured: 2.8 s instead of 3.0 to 4.8 s for a 616 MiB mapped image).
+//! Buffered writes (and a device's first MiB and short last block) are pushed
+//! towards the medium as they go (write-behind: every `WRITE_BEHIND` bytes,
+//! `posix_fadvise(DONTNEED)` starts their writeback).
 //!
 //! Read-back bypasses the page cache, otherwise verification would only prove
 //! that the kernel remembers what it was given: an O_DIRECT read first writes
@@ -68,10 +71,12 @@ struct Medium {
     sector: u64,
     /// Bytes written since the last write-behind kick.
     behind: Mutex<Option<Range<u64>>>,
+    /// Whether aligned writes bypass the page cache (block devices).
+    direct_writes: bool,
 }
 
 impl Medium {
-    fn new(path: &Path, file: File, size: u64, sector: u64) -> Medium {
+    fn new(path: &Path, file: File, size: u64, sector: u64, direct_writes: bool) -> Medium {
         let direct = match OpenOptions::new()
             .read(true)
             .write(true)
@@ -94,6 +99,7 @@ impl Medium {
             size,
             sector,
             behind: Mutex::new(None),
+            direct_writes,
         }
     }
 
@@ -105,7 +111,7 @@ impl Medium {
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        if let Some(direct) = self.direct_for(offset, buf) {
+        if let Some(direct) = self.direct_for(offset, buf).filter(|_| self.direct_writes) {
             return direct.write_all_at(buf, offset);
         }
         self.file.write_all_at(buf, offset)?;
@@ -186,7 +192,7 @@ impl FileTarget {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
         file.set_len(size)?;
         Ok(FileTarget {
-            medium: Medium::new(path, file, size, 512),
+            medium: Medium::new(path, file, size, 512, false),
         })
     }
 
@@ -196,7 +202,7 @@ impl FileTarget {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let size = file.metadata()?.len();
         Ok(FileTarget {
-            medium: Medium::new(path, file, size, 512),
+            medium: Medium::new(path, file, size, 512, false),
         })
     }
 }
@@ -241,7 +247,7 @@ impl BlockTarget {
         let size = rustix::fs::seek(&file, SeekFrom::End(0))?;
         let sector = u64::from(rustix::fs::ioctl_blksszget(&file).unwrap_or(512)).max(512);
         Ok(BlockTarget {
-            medium: Medium::new(path, file, size, sector),
+            medium: Medium::new(path, file, size, sector, true),
         })
     }
 }
