@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Flashes one image to a file and to a loop device with `piha flash` (which
-# verifies by reading back and stamps PIHA-CFG), `bmaptool copy` (checksums
-# while reading, no read-back) and `dd conv=sparse`, raw and zstd-compressed,
-# and prints seconds, bytes written/read on the target and the ratio to
-# bmaptool. No pass/fail: numbers for the README and the issue.
+# verifies by reading back and stamps PIHA-CFG), `piha flash --no-verify` (the
+# same without the read-back), `bmaptool copy` (checksums while reading, no
+# read-back) and `dd conv=sparse`, raw and zstd-compressed, and prints seconds,
+# bytes written/read on the target and the ratio to bmaptool; the table also
+# goes to bench/results/flash-<date>.json. No pass/fail: numbers for the
+# README and the issue.
 #
 #   sudo bench/flash.sh [IMAGE.img]
 #
@@ -72,6 +74,7 @@ size=$(stat -c %s "$image")
 mapped=$(awk -F'[<> ]+' '/<MappedBlocksCount>/ {m=$3} /<BlockSize>/ {b=$3} END {print m*b}' "$bmap")
 echo "image: $image, $((size >> 20)) MiB, $((mapped >> 20)) MiB mapped; zstd: $(( $(stat -c %s "$zst") >> 20 )) MiB; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
 
@@ -95,11 +98,13 @@ run_one() { # target format tool
     local t0 t1
     t0=$(now)
     case $tool in
-        piha)
+        piha | piha-nv)
+            local extra=()
+            [ "$tool" = piha-nv ] && extra=(--no-verify)
             if [ "$target" = file ]; then
-                "$piha" flash "$src" --bmap "$bmap" --to-file "$out" --cluster "$work/cluster.yaml" --node w1 --yes >/dev/null 2>"$work/err" || rc=$?
+                "$piha" flash "$src" --bmap "$bmap" --to-file "$out" --cluster "$work/cluster.yaml" --node w1 --yes "${extra[@]}" >/dev/null 2>"$work/err" || rc=$?
             else
-                "$piha" flash "$src" --bmap "$bmap" --device "$out" --cluster "$work/cluster.yaml" --node w1 --yes --allow-non-removable >/dev/null 2>"$work/err" || rc=$?
+                "$piha" flash "$src" --bmap "$bmap" --device "$out" --cluster "$work/cluster.yaml" --node w1 --yes --allow-non-removable "${extra[@]}" >/dev/null 2>"$work/err" || rc=$?
             fi ;;
         bmaptool)
             bmaptool -q copy --bmap "$bmap" "$src" "$out" 2>"$work/err" || rc=$? ;;
@@ -130,11 +135,12 @@ run_one() { # target format tool
 # Each cell is run RUNS times (interleaved, so load from other work on the
 # machine spreads over the tools) and the fastest run is kept.
 runs=${RUNS:-3}
+tools="bmaptool piha piha-nv dd"
 declare -A best
 for ((i = 1; i <= runs; i++)); do
     for target in file loop; do
         for format in img zst; do
-            for tool in bmaptool piha dd; do
+            for tool in $tools; do
                 run_one "$target" "$format" "$tool"
                 key=$target/$format/$tool
                 if [ -z "${best[$key]:-}" ] || awk -v a="${secs[$key]}" -v b="${best[$key]%% *}" 'BEGIN { exit !(a < b) }'; then
@@ -147,7 +153,7 @@ done
 results=()
 for target in file loop; do
     for format in img zst; do
-        for tool in bmaptool piha dd; do
+        for tool in $tools; do
             results+=("$target $format $tool ${best[$target/$format/$tool]}")
             secs[$target/$format/$tool]=${best[$target/$format/$tool]%% *}
         done
@@ -155,14 +161,32 @@ for target in file loop; do
 done
 
 mib() { [ "$1" = - ] && echo - || echo "$(( $1 >> 20 )) MiB"; }
-printf '\nfastest of %s runs each; load average now: %s\n' "$runs" "$(cut -d' ' -f1-3 /proc/loadavg)"
+load=$(cut -d' ' -f1-3 /proc/loadavg)
+printf '\nfastest of %s runs each; load average now: %s\n' "$runs" "$load"
 printf '%-6s %-6s %-9s %9s %12s %12s %10s\n' target format tool seconds written read x-bmaptool
+rows=()
 for r in "${results[@]}"; do
     set -- $r
     ratio=$(awk -v a="$4" -v b="${secs[$1/$2/bmaptool]}" 'BEGIN { printf "%.2f", a / b }')
     printf '%-6s %-6s %-9s %9.2f %12s %12s %10s\n' "$1" "$2" "$3" "$4" "$(mib "$5")" "$(mib "$6")" "$ratio"
+    rows+=("$(printf '{"target": "%s", "format": "%s", "tool": "%s", "seconds": %s, "written": %s, "read": %s, "x_bmaptool": %s}' \
+        "$1" "$2" "$3" "$4" "$5" "$([ "$6" = - ] && echo null || echo "$6")" "$ratio")")
 done
+mkdir -p "$repo/bench/results"
+json=$repo/bench/results/flash-$(date -u +%Y-%m-%d-%H%M%S).json
+{
+    printf '{\n  "started": "%s",\n  "host": {"cores": %s, "kernel": "%s"},\n' "$started" "$(nproc)" "$(uname -r)"
+    printf '  "image": "%s",\n  "image_bytes": %s,\n  "mapped_bytes": %s,\n  "runs": %s,\n  "load_average": "%s",\n' \
+        "$(basename "$image")" "$size" "$mapped" "$runs" "$load"
+    printf '  "piha": "%s",\n  "fastest": [\n' "$("$piha" --version)"
+    for ((i = 0; i < ${#rows[@]}; i++)); do
+        printf '    %s%s\n' "${rows[$i]}" "$([ $i -lt $((${#rows[@]} - 1)) ] && echo ,)"
+    done
+    printf '  ]\n}\n'
+} > "$json"
 echo
+echo "results: $json"
 echo "piha: writes mapped ranges, verifies them by O_DIRECT read-back, writes the first MiB last, stamps PIHA-CFG."
+echo "piha-nv: piha flash --no-verify, the same without the read-back."
 echo "bmaptool: writes mapped ranges, checks range checksums while reading the image; no read-back."
 echo "dd conv=sparse: reads everything, skips writing all-zero blocks; no verification."

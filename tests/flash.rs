@@ -17,7 +17,7 @@ use piha::image::bmap::Bmap;
 use piha::card::ledger::{Ledger, ledger_path};
 use piha::device::source::ImageSource;
 use piha::device::target::{BlockTarget, FailingTarget, Failure, FileTarget, WriteTarget};
-use piha::device::write::{HEAD, WriteReport, write_image};
+use piha::device::write::{HEAD, Verify, WriteReport, write_image, write_image_with};
 use piha::progress::Progress;
 use piha_config::node::NodeConfig;
 use piha_runner::{Cmd, SystemRunner};
@@ -564,4 +564,18 @@ fn cli_batch_flashes_one_card_per_node_in_cluster_order() {
     assert!(err.contains("\"nope\""), "{err}");
     let err = failed(&lab.piha(&["flash", t.img.to_str().unwrap(), "--all", "--yes"]));
     assert!(err.contains("--pairs"), "{err}");
+}
+
+#[test]
+fn no_verify_writes_the_same_bytes_and_reads_nothing_back() {
+    let t = TestImage::new();
+    let out = t.path("out.img");
+    let source = ImageSource::open(&t.zst, None, &SystemRunner).unwrap();
+    let mut target = FileTarget::create(&out, IMAGE_SIZE).unwrap();
+    let report = write_image_with(source.stream().unwrap(), &source.bmap, &mut target, &Progress::quiet(), Verify::Off).unwrap();
+    drop(target);
+    assert_same(&fs::read(&out).unwrap(), &t.bytes(), "--no-verify output");
+    assert_eq!(report.bytes_verified, 0);
+    assert_eq!(report.mapped_sha256_device, "");
+    assert_eq!(report.ranges_checked_against_bmap, t.map().ranges.len());
 }

@@ -222,6 +222,9 @@ pub struct FlashOpts {
     /// Allow a disk that is neither removable nor on USB/MMC (an internal disk, a loop device).
     #[arg(long)]
     pub allow_non_removable: bool,
+    /// UNSAFE: skip reading the card back. A failing or fake-capacity card that does not keep what was written goes unnoticed until the node fails to boot. The block map's checksums are still checked and the first MiB is still written last.
+    #[arg(long)]
+    pub no_verify: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -11,7 +11,7 @@ use crate::card::stamp::{self, Identity, Stamped};
 use crate::device::safety::DeviceInfo;
 use crate::device::source::{Compression, ImageSource};
 use crate::device::target::WriteTarget;
-use crate::device::write::{WriteReport, write_image};
+use crate::device::write::{Verify, WriteReport, write_image_with};
 use crate::progress::Progress;
 
 /// What one flash did: the summary printed, and `--json`.
@@ -38,9 +38,15 @@ pub struct Flashed {
 }
 
 /// Writes the image onto `target` and stamps `id`'s node onto it.
-pub fn write_card(id: Identity<'_>, source: &ImageSource, target: &mut dyn WriteTarget, progress: &Progress) -> anyhow::Result<Flashed> {
+pub fn write_card(
+    id: Identity<'_>,
+    source: &ImageSource,
+    target: &mut dyn WriteTarget,
+    progress: &Progress,
+    verify: Verify,
+) -> anyhow::Result<Flashed> {
     let started = Instant::now();
-    let report = write_image(source.stream()?, &source.bmap, target, progress)?;
+    let report = write_image_with(source.stream()?, &source.bmap, target, progress, verify)?;
     let stamped = stamp::onto(id, target).with_context(|| {
         let t = target.describe();
         format!(

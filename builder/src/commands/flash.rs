@@ -17,6 +17,7 @@ use crate::cli::FlashOpts;
 use crate::device::claim::{self, Gate};
 use crate::device::source::{Compression, ImageSource};
 use crate::device::target::FileTarget;
+use crate::device::write::Verify;
 use crate::inputs::cluster::load_cluster;
 use crate::progress::{Progress, human_bytes};
 
@@ -29,6 +30,7 @@ struct Job<'a> {
     secrets_dir: &'a Path,
     source: &'a ImageSource,
     progress: Progress,
+    verify: Verify,
 }
 
 impl<'a> Job<'a> {
@@ -55,6 +57,7 @@ pub fn run(opts: &FlashOpts) -> anyhow::Result<()> {
         secrets_dir: &secrets_dir,
         source: &source,
         progress: Progress::auto(),
+        verify: verify_mode(opts),
     };
     if opts.all {
         let summaries = batch(opts, job, &runner)?;
@@ -75,6 +78,15 @@ pub fn run(opts: &FlashOpts) -> anyhow::Result<()> {
         print_summary(&summary);
     }
     Ok(())
+}
+
+fn verify_mode(opts: &FlashOpts) -> Verify {
+    if opts.no_verify {
+        eprintln!("piha: warning: --no-verify: nothing is read back; a card that does not keep what it is given goes unnoticed");
+        Verify::Off
+    } else {
+        Verify::ReadBack
+    }
 }
 
 fn describe_source(source: &ImageSource) {
@@ -125,7 +137,7 @@ fn flash_device(opts: &FlashOpts, job: Job<'_>, node: &str, device: &Path, runne
         ),
     )?;
     let mut held = claim::claim(&info)?;
-    let flashed = flash::write_card(id, job.source, &mut held.target, &job.progress)?;
+    let flashed = flash::write_card(id, job.source, &mut held.target, &job.progress, job.verify)?;
     held.finish_with_new_table(runner);
     log::info!("{}", flashed.stamped.summary());
     let summary = flash::summarize(&info.path, Some(&info), job.source, flashed);
@@ -146,7 +158,7 @@ fn flash_file(opts: &FlashOpts, job: Job<'_>, node: &str, path: &Path) -> anyhow
         Err(_) => {}
     }
     let mut target = FileTarget::create(path, job.source.bmap.image_size).with_context(|| format!("creating {}", path.display()))?;
-    let flashed = flash::write_card(id, job.source, &mut target, &job.progress)?;
+    let flashed = flash::write_card(id, job.source, &mut target, &job.progress, job.verify)?;
     drop(target);
     log::info!("{}", flashed.stamped.summary());
     let summary = flash::summarize(path, None, job.source, flashed);
@@ -175,10 +187,16 @@ fn print_summary(s: &FlashSummary) {
         r.ranges_checked_against_bmap
     );
     println!("  skipped   {} (unmapped)", human_bytes(r.bytes_skipped));
-    println!("  verified  {} read back from the medium", human_bytes(r.bytes_verified));
+    if r.mapped_sha256_device.is_empty() {
+        println!("  verified  nothing: --no-verify skipped the read-back");
+    } else {
+        println!("  verified  {} read back from the medium", human_bytes(r.bytes_verified));
+    }
     println!("  image sha256            {}", r.image_sha256);
     println!("  mapped sha256 (image)   {}", r.mapped_sha256_image);
-    println!("  mapped sha256 (device)  {}", r.mapped_sha256_device);
+    if !r.mapped_sha256_device.is_empty() {
+        println!("  mapped sha256 (device)  {}", r.mapped_sha256_device);
+    }
 }
 
 /// Asks y/N on the terminal unless `yes`; without a terminal, refuses.

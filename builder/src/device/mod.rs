@@ -2,6 +2,7 @@
 //!
 //! - `safety`: what must be true of a block device before a byte is written;
 //! - `source`: an image as a decompressed stream and its block map;
+//! - `stream`: that stream in chunks, hashed and checked against the block map;
 //! - `target`: where bytes go (`WriteTarget`: block device, file, failing);
 //! - `write` + `verify`: the write order that never leaves a half-written
 //!   card bootable, and the read-back past the page cache.
@@ -10,6 +11,7 @@ pub mod claim;
 pub mod region;
 pub mod safety;
 pub mod source;
+pub(crate) mod stream;
 pub mod target;
 pub mod verify;
 pub mod write;

@@ -83,15 +83,22 @@ impl Seek for TargetReader<'_> {
 #[cfg(test)]
 mod tests {
     use std::io::{self, Read, Seek, SeekFrom};
+    use std::sync::Mutex;
 
     use super::{TargetReader, write_verified};
     use crate::device::target::WriteTarget;
 
     /// A target in memory that can corrupt or fail on purpose.
     struct Memory {
-        bytes: Vec<u8>,
+        bytes: Mutex<Vec<u8>>,
         flip_at: Option<usize>,
         fail_write: bool,
+    }
+
+    impl Memory {
+        fn bytes(&self) -> Vec<u8> {
+            self.bytes.lock().unwrap().clone()
+        }
     }
 
     impl WriteTarget for Memory {
@@ -100,35 +107,37 @@ mod tests {
         }
 
         fn size(&self) -> u64 {
-            self.bytes.len() as u64
+            self.bytes.lock().unwrap().len() as u64
         }
 
-        fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
             if self.fail_write {
                 return Err(io::Error::other("injected write error"));
             }
+            let mut bytes = self.bytes.lock().unwrap();
             let o = offset as usize;
-            self.bytes[o..o + data.len()].copy_from_slice(data);
+            bytes[o..o + data.len()].copy_from_slice(data);
             if let Some(i) = self.flip_at {
-                self.bytes[i] ^= 0xff;
+                bytes[i] ^= 0xff;
             }
             Ok(())
         }
 
-        fn sync(&mut self) -> io::Result<()> {
+        fn sync(&self) -> io::Result<()> {
             Ok(())
         }
 
-        fn read_back(&mut self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        fn read_back(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+            let bytes = self.bytes.lock().unwrap();
             let o = offset as usize;
-            out.copy_from_slice(&self.bytes[o..o + out.len()]);
+            out.copy_from_slice(&bytes[o..o + out.len()]);
             Ok(())
         }
     }
 
     fn memory(len: usize, fill: u8) -> Memory {
         Memory {
-            bytes: vec![fill; len],
+            bytes: Mutex::new(vec![fill; len]),
             flip_at: None,
             fail_write: false,
         }
@@ -139,9 +148,10 @@ mod tests {
         let mut m = memory(4 << 20, 7);
         let data = vec![1u8; 3 << 20];
         write_verified(&mut m, 512, &data).unwrap();
-        assert_eq!(m.bytes[..512], [7; 512]);
-        assert_eq!(m.bytes[512..512 + data.len()], data[..]);
-        assert!(m.bytes[512 + data.len()..].iter().all(|b| *b == 7));
+        let bytes = m.bytes();
+        assert_eq!(bytes[..512], [7; 512]);
+        assert_eq!(bytes[512..512 + data.len()], data[..]);
+        assert!(bytes[512 + data.len()..].iter().all(|b| *b == 7));
     }
 
     #[test]
@@ -165,13 +175,13 @@ mod tests {
         let mut m = memory(4096, 9);
         let err = write_verified(&mut m, 2048, &[1; 4096]).unwrap_err().to_string();
         assert!(err.contains("truncated") && err.contains("Nothing was written"), "{err}");
-        assert!(m.bytes.iter().all(|b| *b == 9));
+        assert!(m.bytes().iter().all(|b| *b == 9));
     }
 
     #[test]
     fn the_reader_reads_and_seeks_within_the_target() {
         let mut m = memory(1000, 0);
-        m.bytes[990..].copy_from_slice(b"0123456789");
+        m.bytes.get_mut().unwrap()[990..].copy_from_slice(b"0123456789");
         let mut r = TargetReader::new(&mut m);
         assert_eq!(r.seek(SeekFrom::End(-4)).unwrap(), 996);
         let mut rest = Vec::new();

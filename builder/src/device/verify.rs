@@ -1,126 +1,119 @@
-//! Read-back verification: every written extent is read from the target past
-//! the page cache (see `target.rs`) and its sha256 compared with the one
-//! computed from the image stream while writing.
+//! Read-back verification, past the page cache (see `target.rs`), running
+//! behind the writer: each written piece is read back from the target while
+//! later ones are still being written, and compared byte for byte with the
+//! image bytes still in memory.
+//!
+//! A piece read back right after it was written could still be overwritten
+//! later: a fake-capacity card maps addresses past its real size onto earlier
+//! ones. So one block of every piece is kept, and after the final sync
+//! `recheck` reads each of them again.
 
-use std::sync::mpsc::sync_channel;
-use std::thread;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 
 use anyhow::bail;
 use sha2::{Digest, Sha256};
 
-use crate::device::target::WriteTarget;
+use crate::device::stream::{CHUNK, Chunk, Pool};
+use crate::device::target::{AlignedBuf, DIRECT_ALIGN, WriteTarget};
 use crate::device::write::Extent;
 use crate::progress::Task;
 
-/// How much is read back per call: big enough for full device throughput.
-const READ: usize = 4 << 20;
-
-/// The sha256 of one extent (index into the extent list).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExtentDigest {
-    pub extent: usize,
-    pub sha256: [u8; 32],
+/// A written part of one extent.
+pub(crate) struct Piece {
+    /// Index into the extent list.
+    pub(crate) extent: usize,
+    pub(crate) bytes: Range<u64>,
 }
 
-/// Reads back the extents listed in `which` and compares each with `expected`
-/// (indexed by extent). Returns the digests the target produced.
-///
-/// A second thread reads while this one hashes, so the device is kept busy
-/// while the previous piece is hashed.
-pub fn verify_extents(
-    target: &mut dyn WriteTarget,
-    extents: &[Extent],
-    which: &[usize],
-    expected: &[ExtentDigest],
-    progress: &Task,
-) -> anyhow::Result<Vec<ExtentDigest>> {
-    let name = target.describe();
-    let (data_tx, data_rx) = sync_channel::<Piece>(2);
-    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(3);
-    thread::scope(|scope| {
-        let reader = scope.spawn(move || -> anyhow::Result<()> {
-            for &i in which {
-                let bytes = &extents[i].bytes;
-                let mut pos = bytes.start;
-                while pos < bytes.end {
-                    let n = (bytes.end - pos).min(READ as u64) as usize;
-                    let mut buf = free_rx.try_recv().unwrap_or_else(|_| vec![0u8; READ]);
-                    target
-                        .read_back(pos, &mut buf[..n])
-                        .map_err(|e| anyhow::anyhow!("reading back bytes {pos}..{} of {}: {e}", pos + n as u64, target.describe()))?;
-                    pos += n as u64;
-                    let last = pos == bytes.end;
-                    if data_tx
-                        .send(Piece {
-                            extent: i,
-                            buf,
-                            len: n,
-                            last,
-                        })
-                        .is_err()
-                    {
-                        // The hashing side stopped (and says why).
-                        return Ok(());
-                    }
-                }
-            }
-            Ok(())
-        });
-        let mut out = Vec::with_capacity(which.len());
-        let mut h = Sha256::new();
-        let checked = (|| -> anyhow::Result<()> {
-            for piece in data_rx.iter() {
-                h.update(&piece.buf[..piece.len]);
-                progress.inc(piece.len as u64);
-                let _ = free_tx.try_send(piece.buf);
-                if !piece.last {
-                    continue;
-                }
-                let got: [u8; 32] = std::mem::replace(&mut h, Sha256::new()).finalize().into();
-                let want = expected_for(expected, piece.extent);
-                if want != Some(got) {
-                    let bytes = &extents[piece.extent].bytes;
-                    bail!(
-                        "read-back mismatch on {name} at bytes {}..{}: wrote sha256 {}, the device returned {}; \
-                         the medium did not keep what was written (a failing or fake-capacity card?)",
-                        bytes.start,
-                        bytes.end,
-                        want.map(hex::encode).unwrap_or_else(|| "(nothing)".to_string()),
-                        hex::encode(got)
-                    );
-                }
-                out.push(ExtentDigest {
-                    extent: piece.extent,
-                    sha256: got,
-                });
-            }
-            Ok(())
-        })();
-        drop(data_rx);
-        let read = reader.join().map_err(|_| anyhow::anyhow!("the read-back thread panicked"))?;
-        checked?;
-        read?;
-        if out.len() != which.len() {
-            bail!("read-back of {name} stopped after {} of {} ranges", out.len(), which.len());
-        }
-        Ok(out)
-    })
+/// What the writer hands over: a chunk and the pieces of it it wrote.
+pub(crate) struct Written {
+    pub(crate) chunk: Arc<Chunk>,
+    pub(crate) pieces: Vec<Piece>,
 }
 
-/// A piece of an extent as read back.
-struct Piece {
+/// Bytes kept per piece for the second look after the final sync.
+const SAMPLE: usize = DIRECT_ALIGN;
+
+/// A block as written, to be read again after everything else was written.
+pub(crate) struct Sample {
     extent: usize,
-    buf: Vec<u8>,
-    len: usize,
-    /// The extent's final piece.
-    last: bool,
+    offset: u64,
+    data: Vec<u8>,
 }
 
-/// The streamed digest of extent `i`: digests are recorded in extent order,
-/// so it is usually at index `i`.
-fn expected_for(expected: &[ExtentDigest], i: usize) -> Option<[u8; 32]> {
-    match expected.get(i) {
-        Some(d) if d.extent == i => Some(d.sha256),
-        _ => expected.iter().find(|d| d.extent == i).map(|d| d.sha256),
+/// What the read-back behind the writer saw.
+pub(crate) struct Verified {
+    /// Bytes read back and found equal.
+    pub(crate) bytes: u64,
+    pub(crate) samples: Vec<Sample>,
+}
+
+/// Reads back every piece the writer hands over and compares it with the
+/// chunk it came from; fails at the first difference.
+pub(crate) fn follow(
+    target: &dyn WriteTarget,
+    extents: &[Extent],
+    rx: Receiver<Written>,
+    task: &Task,
+    pool: &Pool,
+) -> anyhow::Result<Verified> {
+    let mut buf = AlignedBuf::new(CHUNK + DIRECT_ALIGN);
+    let mut out = Verified {
+        bytes: 0,
+        samples: Vec::new(),
+    };
+    for w in rx.iter() {
+        for p in &w.pieces {
+            let want = &w.chunk.data()[(p.bytes.start - w.chunk.offset) as usize..(p.bytes.end - w.chunk.offset) as usize];
+            compare(target, &extents[p.extent], p.bytes.start, want, &mut buf)?;
+            let keep = want.len().min(SAMPLE);
+            out.samples.push(Sample {
+                extent: p.extent,
+                offset: p.bytes.start,
+                data: want[..keep].to_vec(),
+            });
+            out.bytes += want.len() as u64;
+            task.inc(want.len() as u64);
+        }
+        pool.give(w.chunk);
     }
+    Ok(out)
+}
+
+/// Reads the kept blocks again, after every write reached the medium: a
+/// later write landing on an earlier address shows here.
+pub(crate) fn recheck(target: &dyn WriteTarget, extents: &[Extent], samples: &[Sample]) -> anyhow::Result<()> {
+    let mut buf = AlignedBuf::new(SAMPLE);
+    for s in samples {
+        compare(target, &extents[s.extent], s.offset, &s.data, &mut buf)?;
+    }
+    Ok(())
+}
+
+/// Reads `want.len()` bytes at `offset` of `extent` back into `buf` and
+/// compares them with `want`.
+pub(crate) fn compare(target: &dyn WriteTarget, extent: &Extent, offset: u64, want: &[u8], buf: &mut AlignedBuf) -> anyhow::Result<()> {
+    let end = offset + want.len() as u64;
+    if buf.as_mut_slice().len() < want.len() {
+        *buf = AlignedBuf::new(want.len());
+    }
+    let got = &mut buf.as_mut_slice()[..want.len()];
+    target
+        .read_back(offset, got)
+        .map_err(|e| anyhow::anyhow!("reading back bytes {offset}..{end} of {}: {e}", target.describe()))?;
+    if got != want {
+        let e = &extent.bytes;
+        bail!(
+            "read-back mismatch on {} at bytes {}..{}: wrote sha256 {} to bytes {offset}..{end}, the device returned {}; \
+             the medium did not keep what was written (a failing or fake-capacity card?)",
+            target.describe(),
+            e.start,
+            e.end,
+            hex::encode(Sha256::digest(want)),
+            hex::encode(Sha256::digest(&*got))
+        );
+    }
+    Ok(())
 }
