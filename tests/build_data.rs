@@ -3,19 +3,24 @@
 //! host apt mirror lookup, preflight's message for an unreachable source, and
 //! customize run over a small synthetic rootfs tar built here.
 
+// Tests run the binaries under test, QEMU and the host tools that check
+// their output directly, as a user's shell would; clippy.toml's ban on
+// Command::new is for piha's own code, which goes through piha_runner.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use piha::inputs::board::Board;
-use piha::pipeline::{self, EMBEDDED_CLUSTER};
-use piha::inputs::catalog;
 use piha::cli::Profile;
-use piha::pipeline::customize::{self, Customized};
-use piha::inputs::distro::Distro;
 use piha::host::apt;
+use piha::inputs::board::Board;
+use piha::inputs::catalog;
+use piha::inputs::distro::Distro;
+use piha::pipeline::customize::{self, Customized};
 use piha::pipeline::plan::{Plan, Request};
 use piha::pipeline::preflight;
+use piha::pipeline::{self, EMBEDDED_CLUSTER};
 use piha::progress::Progress;
 use piha_config::cluster::ClusterFile;
 use piha_runner::SystemRunner;
@@ -123,7 +128,12 @@ fn host_sources() -> Vec<apt::AptSource> {
 }
 
 fn plan(profile: Profile) -> Plan {
-    Plan::resolve(load_req("debian-bookworm", profile, Some("examples/qemu-lab.yaml")), &host_sources(), &repo()).unwrap()
+    Plan::resolve(
+        load_req("debian-bookworm", profile, Some("examples/qemu-lab.yaml")),
+        &host_sources(),
+        &repo(),
+    )
+    .unwrap()
 }
 
 #[test]

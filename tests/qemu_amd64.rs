@@ -12,6 +12,11 @@
 //! guest's connections to 10.0.2.100:6443 to a listener this test runs on
 //! 127.0.0.1 (`guestfwd`), so the agent's wait really waits for it.
 
+// Tests run the binaries under test, QEMU and the host tools that check
+// their output directly, as a user's shell would; clippy.toml's ban on
+// Command::new is for piha's own code, which goes through piha_runner.
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::path::Path;

@@ -20,4 +20,3 @@ pub mod inputs;
 pub mod logging;
 pub mod pipeline;
 pub mod progress;
-

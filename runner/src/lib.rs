@@ -22,7 +22,10 @@ pub struct Cmd {
 
 impl Cmd {
     pub fn new(program: impl Into<String>) -> Self {
-        Cmd { program: program.into(), ..Cmd::default() }
+        Cmd {
+            program: program.into(),
+            ..Cmd::default()
+        }
     }
 
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
@@ -83,7 +86,11 @@ pub enum RunError {
     #[error("`{command}` could not start: {source} (is it installed? `piha doctor` lists host tools)")]
     Spawn { command: String, source: std::io::Error },
     #[error("`{command}` failed ({status}): {stderr_tail}")]
-    Failed { command: String, status: String, stderr_tail: String },
+    Failed {
+        command: String,
+        status: String,
+        stderr_tail: String,
+    },
     #[error("`{command}` printed output that could not be parsed: {detail}")]
     Parse { command: String, detail: String },
 }
@@ -112,7 +119,10 @@ pub trait RunJson {
 impl<R: Runner + ?Sized> RunJson for R {
     fn run_json<T: serde::de::DeserializeOwned>(&self, cmd: &Cmd) -> Result<T, RunError> {
         let out = self.run(cmd)?;
-        serde_json::from_slice(&out.stdout).map_err(|e| RunError::Parse { command: cmd.display(), detail: e.to_string() })
+        serde_json::from_slice(&out.stdout).map_err(|e| RunError::Parse {
+            command: cmd.display(),
+            detail: e.to_string(),
+        })
     }
 }
 
@@ -146,7 +156,10 @@ impl Runner for SystemRunner {
         }
         command.stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(|source| RunError::Spawn { command: cmd.display(), source })?;
+        let mut child = command.spawn().map_err(|source| RunError::Spawn {
+            command: cmd.display(),
+            source,
+        })?;
         // Feed stdin from a thread so a chatty child cannot deadlock on a full pipe.
         let feeder = match (child.stdin.take(), cmd.stdin.clone()) {
             (Some(mut pipe), Some(data)) => Some(std::thread::spawn(move || {
@@ -163,9 +176,15 @@ impl Runner for SystemRunner {
         });
         let mut stdout = Vec::new();
         if let Some(mut out) = child.stdout.take() {
-            out.read_to_end(&mut stdout).map_err(|source| RunError::Spawn { command: cmd.display(), source })?;
+            out.read_to_end(&mut stdout).map_err(|source| RunError::Spawn {
+                command: cmd.display(),
+                source,
+            })?;
         }
-        let status = child.wait().map_err(|source| RunError::Spawn { command: cmd.display(), source })?;
+        let status = child.wait().map_err(|source| RunError::Spawn {
+            command: cmd.display(),
+            source,
+        })?;
         if let Some(f) = feeder {
             let _ = f.join();
         }
@@ -174,7 +193,11 @@ impl Runner for SystemRunner {
             Ok(Output { stdout, stderr })
         } else {
             log::warn!("failed ({status}): {}", cmd.display());
-            Err(RunError::Failed { command: cmd.display(), status: status.to_string(), stderr_tail: tail(&stderr, STDERR_TAIL) })
+            Err(RunError::Failed {
+                command: cmd.display(),
+                status: status.to_string(),
+                stderr_tail: tail(&stderr, STDERR_TAIL),
+            })
         }
     }
 }
@@ -231,8 +254,20 @@ mod tests {
     #[test]
     fn json_through_a_dyn_runner() {
         let recording = RecordingRunner::new();
-        recording.respond("lsblk", Ok(Output { stdout: br#"{"size": 42}"#.to_vec(), stderr: Vec::new() }));
-        recording.respond("lsblk", Ok(Output { stdout: b"not json".to_vec(), stderr: Vec::new() }));
+        recording.respond(
+            "lsblk",
+            Ok(Output {
+                stdout: br#"{"size": 42}"#.to_vec(),
+                stderr: Vec::new(),
+            }),
+        );
+        recording.respond(
+            "lsblk",
+            Ok(Output {
+                stdout: b"not json".to_vec(),
+                stderr: Vec::new(),
+            }),
+        );
         let runner: &dyn Runner = &recording;
         let v: serde_json::Value = runner.run_json(&Cmd::new("lsblk").arg("-J")).unwrap();
         assert_eq!(v["size"], 42);

@@ -133,7 +133,14 @@ pub fn fat_write(image: &Path, index: usize, path: &str, contents: &[u8]) {
     let part = extract(image, index, dir.path());
     let src = dir.path().join("new-file");
     std::fs::write(&src, contents).expect("write file");
-    run_ok(Command::new("mcopy").arg("-o").arg("-i").arg(&part).arg(&src).arg(format!("::{path}")));
+    run_ok(
+        Command::new("mcopy")
+            .arg("-o")
+            .arg("-i")
+            .arg(&part)
+            .arg(&src)
+            .arg(format!("::{path}")),
+    );
     let t = table(image);
     let p = &t.partitions[index - 1];
     run_ok(

@@ -2,12 +2,12 @@
 //! from, stamping them into PIHA-CFG, flashing a whole card, and the ledger of
 //! flashed cards.
 
-pub mod contents;
-pub mod flash;
+pub(crate) mod contents;
+pub(crate) mod flash;
 pub mod ledger;
 pub mod pki;
 pub mod secrets;
-pub mod stamp;
+pub(crate) mod stamp;
 
 pub use crate::image::info::IMAGE_INFO_FILE;
 pub use contents::{Card, PARTITION_SIZE, README_FILE, network_renderer, node_config, secret_files};

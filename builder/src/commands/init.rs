@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use piha_config::cluster::KeyAlgorithm;
 
-use crate::cli::{InitOpts, RotateSecretsOpts};
 use crate::card::secrets::{self, Outcome, Secrets};
+use crate::cli::{InitOpts, RotateSecretsOpts};
 use crate::inputs::cluster;
 
 /// The example written by `piha init` when the cluster file does not exist yet.

@@ -14,8 +14,8 @@ use piha_config::cluster::Role;
 use piha_config::render::{self, JoinSecrets, RenderedFile};
 
 use crate::card;
-use crate::cli::RenderOpts;
 use crate::card::secrets::Secrets;
+use crate::cli::RenderOpts;
 use crate::inputs::cluster;
 
 pub fn run(opts: &RenderOpts) -> anyhow::Result<()> {

@@ -7,11 +7,11 @@
 //! - `write` + `verify`: the write order that never leaves a half-written
 //!   card bootable, and the read-back past the page cache.
 
-pub mod claim;
-pub mod region;
-pub mod safety;
+pub(crate) mod claim;
+pub(crate) mod region;
+pub(crate) mod safety;
 pub mod source;
 pub(crate) mod stream;
 pub mod target;
-pub mod verify;
+pub(crate) mod verify;
 pub mod write;

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use piha_runner::{Cmd, Runner};
 
-use crate::image::bmap::{Bmap, data_extents};
 use crate::device::target::DIRECT_ALIGN;
+use crate::image::bmap::{Bmap, data_extents};
 
 /// How the image file is compressed, from its first bytes (not its name).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-use crate::image::bmap::{Bmap, ChecksumType, RangeHasher};
 use crate::device::target::AlignedBuf;
 use crate::device::write::Extent;
+use crate::image::bmap::{Bmap, ChecksumType, RangeHasher};
 
 /// Size of the pieces the stream is read, hashed, written and read back in.
 pub(crate) const CHUNK: usize = 4 << 20;

@@ -28,10 +28,10 @@ use std::thread;
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-use crate::image::bmap::Bmap;
 use crate::device::stream::{Checked, Chunk, Pool, check_extents, hash_all, read_chunks};
 use crate::device::target::{AlignedBuf, WriteTarget};
 use crate::device::verify::{self, Piece, Verified, Written};
+use crate::image::bmap::Bmap;
 use crate::progress::{Progress, Task};
 
 /// The part of the disk written last: partition tables (MBR, GPT header and

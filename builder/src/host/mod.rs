@@ -1,4 +1,4 @@
 //! The build host: its tools (`piha doctor`, preflight) and its apt sources.
 
 pub mod apt;
-pub mod doctor;
+pub(crate) mod doctor;

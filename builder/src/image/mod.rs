@@ -3,9 +3,9 @@
 
 pub mod bmap;
 pub mod compress;
-pub mod digest;
-pub mod disk;
+pub(crate) mod digest;
+pub(crate) mod disk;
 pub mod ext4;
 pub mod fat;
-pub mod info;
+pub(crate) mod info;
 pub mod partition;

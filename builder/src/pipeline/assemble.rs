@@ -26,19 +26,12 @@ use piha_runner::Runner;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::inputs::board::Arch;
 use crate::image::disk::{self, GptPartition, MbrPartition, Slot};
 use crate::image::ext4::{self, MkfsError, Sizing};
 use crate::image::fat::{FatFile, FatType};
+use crate::inputs::board::Arch;
 
-/// The partition table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TableKind {
-    /// UEFI boards: protective MBR + GPT.
-    Gpt,
-    /// Raspberry Pi: the firmware reads only an MBR.
-    Mbr,
-}
+pub use crate::image::partition::TableKind;
 
 /// What a partition is for; decides its GPT type GUID or MBR type byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

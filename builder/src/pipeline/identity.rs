@@ -8,41 +8,22 @@ use piha_config::cluster::ClusterFile;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::image::info::ImageInfo;
 use crate::inputs::board::Board;
 use crate::pipeline::plan::{Plan, Profile};
 
 /// Bumped when stage 2 changes what it makes from the same inputs.
 pub const CUSTOMIZE_RECIPE_VERSION: u32 = 1;
 
-/// `image.json`: `piha stamp` reads it to refuse a node of another board.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageInfo {
-    pub board: String,
-    pub distro: String,
-    pub arch: String,
-    pub profile: Profile,
-    pub piha_version: String,
-    pub input_hash: String,
-}
-
-impl ImageInfo {
-    pub fn new(plan: &Plan, input_hash: &str) -> ImageInfo {
-        ImageInfo {
-            board: plan.req.board.name.clone(),
-            distro: plan.req.distro.name.clone(),
-            arch: plan.arch.deb().to_string(),
-            profile: plan.req.profile,
-            piha_version: env!("CARGO_PKG_VERSION").to_string(),
-            input_hash: input_hash.to_string(),
-        }
-    }
-
-    /// The file's text: pretty JSON and a newline.
-    pub fn to_json(&self) -> anyhow::Result<String> {
-        Ok(format!(
-            "{}\n",
-            serde_json::to_string_pretty(self).context("serializing image.json")?
-        ))
+/// `image.json` for the image this plan makes.
+pub fn image_info(plan: &Plan, input_hash: &str) -> ImageInfo {
+    ImageInfo {
+        board: plan.req.board.name.clone(),
+        distro: plan.req.distro.name.clone(),
+        arch: Some(plan.arch),
+        profile: Some(plan.req.profile.as_str().to_string()),
+        piha_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        input_hash: Some(input_hash.to_string()),
     }
 }
 

@@ -6,10 +6,10 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::inputs::board::{FatKind, Firmware, TableKind as BoardTable};
 use crate::card::IMAGE_INFO_FILE;
 use crate::image::fat::{FatFile, FatType};
-use crate::pipeline::assemble::{Content, DiskLayout, PartKind, PartSpec, TableKind};
+use crate::inputs::board::{FatKind, Firmware};
+use crate::pipeline::assemble::{Content, DiskLayout, PartKind, PartSpec};
 use crate::pipeline::customize::templates::{render_boot_file, render_cmdline};
 use crate::pipeline::plan::Plan;
 
@@ -43,10 +43,7 @@ pub struct Inputs<'a> {
 pub fn disk_layout(plan: &Plan, boot_files: Vec<FatFile>, inputs: &Inputs) -> anyhow::Result<DiskLayout> {
     let b = &plan.req.board;
     let p = &b.partitions;
-    let table = match b.partition_table {
-        BoardTable::Gpt => TableKind::Gpt,
-        BoardTable::Mbr => TableKind::Mbr,
-    };
+    let table = b.partition_table;
     let boot_kind = match b.firmware {
         Firmware::Uefi => PartKind::Esp,
         Firmware::Rpi => PartKind::BootFat,

@@ -8,16 +8,16 @@
 
 pub mod agent;
 pub mod assemble;
-pub mod cache;
+pub(crate) mod cache;
 pub mod customize;
 pub mod epoch;
-pub mod identity;
-pub mod layout;
-pub mod manifest;
+pub(crate) mod identity;
+pub(crate) mod layout;
+pub(crate) mod manifest;
 pub mod package;
 pub mod plan;
 pub mod preflight;
-pub mod rootfs;
+pub(crate) mod rootfs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,15 +31,14 @@ use self::agent::AgentBinary;
 use self::assemble::Assembled;
 use self::cache::Cache;
 use self::customize::{Customization, Customized};
-use self::identity::ImageInfo;
 use self::manifest::Skipped;
 use self::package::{Artifacts, Built};
 use self::plan::{Plan, Profile, Request};
 use self::rootfs::Rootfs;
+use crate::host::apt;
 use crate::inputs::board::{self, Family};
 use crate::inputs::catalog;
 use crate::inputs::distro;
-use crate::host::apt;
 use crate::progress::Progress;
 
 pub use self::customize::image_files::customization;
@@ -215,7 +214,7 @@ struct Made {
 /// Stages 2 to 4: customize, assemble, package, and the manifest.
 fn make_image(plan: &Plan, env: &Env, rootfs: &Rootfs, agent: &AgentBinary, t: &mut Timings) -> anyhow::Result<Made> {
     let input_hash = identity::input_hash(plan, &rootfs.key, &agent.sha256, env.epoch)?;
-    let info_json = ImageInfo::new(plan, &input_hash).to_json()?;
+    let info_json = identity::image_info(plan, &input_hash).to_json();
     // Intermediate files live beside the output (same filesystem, removed at the end).
     let work = tempfile::Builder::new()
         .prefix(".piha-work-")

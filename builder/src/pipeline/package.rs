@@ -8,8 +8,8 @@ use anyhow::Context;
 use piha_runner::{Cmd, Runner};
 use sha2::{Digest, Sha256};
 
-use crate::image::digest;
 use crate::image::compress;
+use crate::image::digest;
 use crate::pipeline::assemble::{Assembled, temp_path};
 use crate::pipeline::manifest::{Artifact, Manifest, Package};
 use crate::pipeline::plan::Plan;

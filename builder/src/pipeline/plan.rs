@@ -15,9 +15,9 @@ use anyhow::{Context, bail};
 use piha_config::cluster::{ClusterFile, Runtime};
 use serde::{Deserialize, Serialize};
 
+use crate::host::apt::{self, AptSource};
 use crate::inputs::board::{Arch, Board};
 use crate::inputs::distro::{AptRepo, Distro, Mirror};
-use crate::host::apt::{self, AptSource};
 use crate::pipeline::manifest::Skipped;
 
 /// Bumped whenever the rootfs stage changes in a way its inputs do not show
@@ -419,9 +419,9 @@ mod tests {
     use piha_config::cluster::{ClusterFile, Runtime};
 
     use super::{MirrorSource, Plan, Profile, Request, resolve_mirror};
+    use crate::host::apt::parse_deb822;
     use crate::inputs::board::{Arch, Board};
     use crate::inputs::distro::{Distro, Mirror};
-    use crate::host::apt::parse_deb822;
 
     fn data() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()

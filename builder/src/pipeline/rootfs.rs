@@ -111,10 +111,7 @@ pub fn ensure(plan: &Plan, env: &Env, no_cache: bool) -> anyhow::Result<Rootfs> 
     // One build per key at a time; a second process waits, then finds the tarball.
     let lock_path = cache.join(format!("rootfs-{key}.lock"));
     let lock = File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    // File::lock (flock) is Rust 1.89. The workspace's 1.85 floor is for the
-    // cross-built agent and config crates; the builder only runs on the host.
-    #[allow(clippy::incompatible_msrv)]
-    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).with_context(|| format!("locking {}", lock_path.display()))?;
     if out.exists() && !no_cache {
         let size = std::fs::metadata(&out).with_context(|| format!("reading {}", out.display()))?.len();
         env.progress.note(&format!(

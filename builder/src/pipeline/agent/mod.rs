@@ -4,9 +4,9 @@
 //! [`cross::detect`] picks (native cargo, rustup target, `cross`, or the
 //! Debian trixie build root), cached by the agent's sources.
 
-pub mod buildroot;
+pub(crate) mod buildroot;
 pub mod cross;
-pub mod elf;
+pub(crate) mod elf;
 pub mod sources;
 
 use std::fmt;

@@ -7,8 +7,8 @@ use std::fs::File;
 use anyhow::{Context, bail};
 
 use super::tree::{Kind, Tree, glob_match, read_node, resolve};
-use crate::inputs::board::BootFile;
 use crate::image::fat::FatFile;
+use crate::inputs::board::BootFile;
 
 /// Compares with digit runs as numbers, so `vmlinuz-6.1.0-10` > `vmlinuz-6.1.0-9`.
 pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {

@@ -11,13 +11,13 @@
 
 mod boot_files;
 mod hardlinks;
-pub mod image_files;
+pub(crate) mod image_files;
 mod overlay;
 mod presets;
 mod read;
-pub mod templates;
+pub(crate) mod templates;
 mod tree;
-pub mod units;
+pub(crate) mod units;
 mod write;
 
 use std::fs::File;
@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use self::tree::{Kind, Tree, glob_match, read_node};
-use crate::inputs::board::BootFile;
 use crate::image::fat::FatFile;
+use crate::inputs::board::BootFile;
 use crate::pipeline::manifest::{Package, parse_dpkg_status};
 use crate::progress::Progress;
 
