@@ -138,16 +138,6 @@ mod tests {
             assert!(is_bootstrap_token(&t), "{t}");
         }
         assert_ne!(bootstrap_token(), bootstrap_token());
-        for bad in [
-            "abcdef0123456789abcdef",
-            "abcdef.0123456789abcde",
-            "ABCDEF.0123456789abcdef",
-            "abcde.0123456789abcdefg",
-            "",
-        ] {
-            assert!(!is_bootstrap_token(bad), "{bad}");
-        }
-        assert!(is_bootstrap_token("abcdef.0123456789abcdef"));
     }
 
     #[test]

@@ -211,27 +211,39 @@ impl FileTarget {
     }
 }
 
-impl WriteTarget for FileTarget {
-    fn describe(&self) -> String {
-        self.medium.path.display().to_string()
-    }
+/// Files and block devices differ only in how they are opened: both write
+/// and read back through their `Medium`.
+macro_rules! medium_target {
+    ($t:ty) => {
+        impl WriteTarget for $t {
+            fn describe(&self) -> String {
+                self.medium.path.display().to_string()
+            }
 
-    fn size(&self) -> u64 {
-        self.medium.size
-    }
+            fn size(&self) -> u64 {
+                self.medium.size
+            }
 
-    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.medium.write_at(offset, buf)
-    }
+            fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+                self.medium.write_at(offset, buf)
+            }
 
-    fn sync(&self) -> io::Result<()> {
-        self.medium.sync()
-    }
+            fn sync(&self) -> io::Result<()> {
+                self.medium.sync()
+            }
 
-    fn read_back(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.medium.read_back(offset, buf)
-    }
+            fn read_back(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+                self.medium.read_back(offset, buf)
+            }
+
+            fn sector_size(&self) -> u64 {
+                self.medium.sector
+            }
+        }
+    };
 }
+
+medium_target!(FileTarget);
 
 /// A whole-disk block device, opened exclusively (O_EXCL on a block device:
 /// the open fails with EBUSY while anything has it mounted or claimed, and
@@ -256,31 +268,7 @@ impl BlockTarget {
     }
 }
 
-impl WriteTarget for BlockTarget {
-    fn describe(&self) -> String {
-        self.medium.path.display().to_string()
-    }
-
-    fn size(&self) -> u64 {
-        self.medium.size
-    }
-
-    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.medium.write_at(offset, buf)
-    }
-
-    fn sync(&self) -> io::Result<()> {
-        self.medium.sync()
-    }
-
-    fn read_back(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.medium.read_back(offset, buf)
-    }
-
-    fn sector_size(&self) -> u64 {
-        self.medium.sector
-    }
-}
+medium_target!(BlockTarget);
 
 impl BlockTarget {
     /// The device, symlinks resolved.
