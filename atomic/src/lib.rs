@@ -109,6 +109,48 @@ impl Drop for AtomicFile {
     }
 }
 
+/// A temporary name beside `dest` for a file that an external tool (or a
+/// writer that needs a path) creates: `commit` fsyncs it, renames it over
+/// `dest` and fsyncs the directory; dropped without a commit, it removes
+/// whatever was written there.
+pub struct TempPath {
+    dest: PathBuf,
+    tmp: PathBuf,
+    committed: bool,
+}
+
+impl TempPath {
+    pub fn new(dest: &Path) -> io::Result<TempPath> {
+        let tmp = temp_path(dest)?;
+        Ok(TempPath {
+            dest: dest.to_path_buf(),
+            tmp,
+            committed: false,
+        })
+    }
+
+    /// Where the tool writes.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Makes the file durable and puts it in place.
+    pub fn commit(mut self) -> io::Result<()> {
+        File::open(&self.tmp)?.sync_all()?;
+        fs::rename(&self.tmp, &self.dest)?;
+        self.committed = true;
+        sync_dir(parent(&self.dest))
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// The directory a path lives in (`.` for a bare file name).
 fn parent(path: &Path) -> &Path {
     match path.parent() {
@@ -261,6 +303,22 @@ mod tests {
         assert_eq!(fs::read_to_string(&p).unwrap(), "old");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("big")], "the temp file is removed");
+    }
+
+    #[test]
+    fn a_temp_path_replaces_on_commit_and_vanishes_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("rootfs.tar");
+        let t = super::TempPath::new(&dest).unwrap();
+        fs::write(t.path(), "half").unwrap();
+        drop(t);
+        assert!(!dest.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "the partial file is removed");
+        let t = super::TempPath::new(&dest).unwrap();
+        fs::write(t.path(), "whole").unwrap();
+        t.commit().unwrap();
+        assert_eq!(fs::read_to_string(&dest).unwrap(), "whole");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
+use piha_atomic::TempPath;
 use piha_runner::Runner;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -155,17 +156,15 @@ pub fn assemble(runner: &dyn Runner, layout: &DiskLayout, out_image: &Path, prog
     for (i, p) in layout.partitions.iter().enumerate() {
         prepared.push(prepare(layout, i as u32 + 1, p, progress).with_context(|| format!("preparing partition {} ({})", i + 1, p.name))?);
     }
-    let tmp = temp_path(out_image);
+    let tmp = TempPath::new(out_image).with_context(|| format!("naming a temporary file beside {}", out_image.display()))?;
     let t = Target {
-        path: &tmp,
+        path: tmp.path(),
         image: out_image,
         runner,
         progress,
     };
-    let (slots, size) = write_fitting(&t, layout, &mut prepared).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
-    std::fs::rename(&tmp, out_image).with_context(|| format!("renaming {} to {}", tmp.display(), out_image.display()))?;
+    let (slots, size) = write_fitting(&t, layout, &mut prepared)?;
+    tmp.commit().with_context(|| format!("putting {} in place", out_image.display()))?;
     let partitions = layout
         .partitions
         .iter()
@@ -418,12 +417,6 @@ fn mbr_type(kind: PartKind) -> u8 {
     }
 }
 
-/// `dir/.name.partial`: hidden, in the same directory so the rename is atomic.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.partial"))
-}
-
 /// 32 bytes derived from the seed for one purpose.
 fn derive(seed: &[u8; 32], purpose: &str) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -444,9 +437,9 @@ fn derive_uuid(seed: &[u8; 32], purpose: &str) -> Uuid {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
 
-    use super::{Content, DiskLayout, PartKind, PartSpec, TableKind, check, gpt_type, temp_path};
+    use super::{Content, DiskLayout, PartKind, PartSpec, TableKind, check, gpt_type};
     use crate::inputs::board::Arch;
 
     fn layout(table: TableKind) -> DiskLayout {
@@ -505,10 +498,5 @@ mod tests {
             gpt_type(PartKind::Esp, Arch::Arm64).hyphenated().to_string(),
             "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
         );
-    }
-
-    #[test]
-    fn temp_names_sit_beside_the_target() {
-        assert_eq!(temp_path(Path::new("/o/x.img")), PathBuf::from("/o/.x.img.partial"));
     }
 }

@@ -5,12 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use piha_atomic::TempPath;
 use piha_runner::{Cmd, Runner};
 use sha2::{Digest, Sha256};
 
 use crate::image::compress;
 use crate::image::digest;
-use crate::pipeline::assemble::{Assembled, temp_path};
+use crate::pipeline::assemble::Assembled;
 use crate::pipeline::manifest::{Artifact, Manifest, Package};
 use crate::pipeline::plan::Plan;
 
@@ -48,11 +49,9 @@ pub fn package(runner: &dyn Runner, a: &Assembled, out_dir: &Path, progress: &dy
     let sha256sums = out_dir.join(digest::FILE_NAME);
 
     progress(&format!("compressing {name} (zstd level {})", compress::LEVEL));
-    let tmp = temp_path(&compressed);
-    let z = compress::to_zstd(&image, &tmp, compress::LEVEL, progress).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
-    rename(&tmp, &compressed)?;
+    let tmp = TempPath::new(&compressed).with_context(|| format!("naming a temporary file beside {}", compressed.display()))?;
+    let z = compress::to_zstd(&image, tmp.path(), compress::LEVEL, progress)?;
+    tmp.commit().with_context(|| format!("putting {} in place", compressed.display()))?;
     progress(&format!("{}: {} MiB", file_name(&compressed), z.output_bytes >> 20));
 
     progress(&format!("mapping {name}"));
@@ -135,15 +134,9 @@ fn read_sums(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
         .collect())
 }
 
-/// Writes `bytes` to a temporary name beside `path`, then renames it over `path`.
+/// Writes `bytes` to `path` atomically.
 fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = temp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    rename(&tmp, path)
-}
-
-fn rename(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::rename(from, to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))
+    piha_atomic::write(path, bytes, None).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Moves a file; across filesystems, copies it with its holes kept.
@@ -151,9 +144,9 @@ fn move_file(runner: &dyn Runner, from: &Path, to: &Path) -> anyhow::Result<()> 
     match std::fs::rename(from, to) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let tmp = temp_path(to);
-            runner.run(&Cmd::new("cp").arg("--sparse=always").arg(from).arg(&tmp))?;
-            rename(&tmp, to)?;
+            let tmp = TempPath::new(to).with_context(|| format!("naming a temporary file beside {}", to.display()))?;
+            runner.run(&Cmd::new("cp").arg("--sparse=always").arg(from).arg(tmp.path()))?;
+            tmp.commit().with_context(|| format!("putting {} in place", to.display()))?;
             std::fs::remove_file(from).with_context(|| format!("removing {} after copying it", from.display()))
         }
         Err(e) => Err(e).with_context(|| format!("moving {} to {}", from.display(), to.display())),

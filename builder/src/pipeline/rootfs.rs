@@ -22,6 +22,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use piha_atomic::TempPath;
 use piha_runner::{Cmd, Runner};
 use serde::Serialize;
 
@@ -175,20 +176,19 @@ fn cache_key(plan: &Plan, recipe: &Recipe, cache: &Path, runner: &dyn Runner) ->
 fn build(plan: &Plan, recipe: &Recipe, out: &Path, env: &Env) -> anyhow::Result<()> {
     let debs = debs_dir(&env.cache, plan);
     std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = out.with_file_name(format!(".{}.partial.tar", name.trim_end_matches(".tar")));
-    let cmd = command(plan, recipe, &tmp, &debs);
+    // `--format=tar` is explicit, so the temporary name needs no extension.
+    let tmp = TempPath::new(out).with_context(|| format!("naming a temporary file beside {}", out.display()))?;
+    let cmd = command(plan, recipe, tmp.path(), &debs);
     let task = env.progress.task(&format!(
         "rootfs: mmdebstrap {} {} ({} packages)",
         plan.req.distro.suite,
         plan.arch,
         plan.packages.len()
     ));
-    if let Err(e) = env.runner.run(&cmd) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(anyhow::Error::new(e).context(format!("building the {} {} root filesystem", plan.req.distro.name, plan.arch)));
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    env.runner
+        .run(&cmd)
+        .with_context(|| format!("building the {} {} root filesystem", plan.req.distro.name, plan.arch))?;
+    tmp.commit().with_context(|| format!("putting {} in place", out.display()))?;
     task.finish();
     Ok(())
 }
@@ -240,16 +240,16 @@ fn fetch_keys(plan: &Plan, cache: &Path, runner: &dyn Runner) -> anyhow::Result<
         let path = dir.join(&name);
         if !path.exists() {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let tmp = dir.join(format!(".{name}.partial"));
+            let tmp = TempPath::new(&path).with_context(|| format!("naming a temporary file beside {}", path.display()))?;
             runner
                 .run(
                     &Cmd::new("curl")
                         .args(["-fsSL", "--max-time", "30", "-o"])
-                        .arg(&tmp)
+                        .arg(tmp.path())
                         .arg(&r.repo.key),
                 )
                 .with_context(|| format!("downloading the signing key of the {} from {}", r.what, r.repo.key))?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+            tmp.commit().with_context(|| format!("putting {} in place", path.display()))?;
         }
         let sha256 = sha256_hex(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
         out.push(RepoKey { name, path, sha256 });

@@ -11,6 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use piha_atomic::AtomicFile;
 use sha2::{Digest, Sha256};
 
 /// Whole files, relative to the workspace root.
@@ -123,21 +124,17 @@ pub fn stage(workspace: &Path, files: &[PathBuf], dest: &Path) -> anyhow::Result
     Ok(())
 }
 
-/// Writes `data` to `dest` through a temporary file in the same directory.
+/// Writes `data` to `dest` atomically with `mode`, creating its directory.
 pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = dest.parent().context("destination has a parent")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a file in {}", dir.display()))?;
-    tmp.write_all(data).with_context(|| format!("writing {}", tmp.path().display()))?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", tmp.path().display()))?;
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("syncing {}", tmp.path().display()))?;
-    tmp.persist(dest).with_context(|| format!("renaming into {}", dest.display()))?;
-    Ok(())
+    let mut f = AtomicFile::create(dest, None).with_context(|| format!("creating a file beside {}", dest.display()))?;
+    f.write_all(data).with_context(|| format!("writing {}", dest.display()))?;
+    f.file()
+        .and_then(|t| t.set_permissions(fs::Permissions::from_mode(mode)))
+        .with_context(|| format!("chmod {}", dest.display()))?;
+    f.commit().with_context(|| format!("putting {} in place", dest.display()))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::Context;
+use piha_atomic::AtomicFile;
 use tar::{EntryType, Header};
 
 use super::tree::{Data, Kind, Node, Tree};
@@ -58,8 +59,7 @@ fn set_ustar_name(header: &mut Header, name: &[u8]) -> bool {
 }
 
 pub(super) fn write_tar(tree: &Tree, source: &File, out: &Path, epoch: u64, task: &Task) -> anyhow::Result<u64> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let tmp = AtomicFile::create(out, None).with_context(|| format!("creating a file beside {}", out.display()))?;
     let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp));
     for (path, node) in tree {
         let (header, pax) = header(path, node, epoch)?;
@@ -71,9 +71,9 @@ pub(super) fn write_tar(tree: &Tree, source: &File, out: &Path, epoch: u64, task
     }
     let mut writer = builder.into_inner()?;
     writer.flush()?;
-    let tmp = writer.into_inner().map_err(|e| e.into_error())?;
-    let bytes = tmp.as_file().metadata()?.len();
-    tmp.persist(out).with_context(|| format!("renaming into {}", out.display()))?;
+    let mut tmp = writer.into_inner().map_err(|e| e.into_error())?;
+    let bytes = tmp.file()?.metadata()?.len();
+    tmp.commit().with_context(|| format!("putting {} in place", out.display()))?;
     Ok(bytes)
 }
 
