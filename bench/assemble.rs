@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use piha::arch::Arch;
 use piha::image::fat::{FatFile, FatType};
 use piha::image::{compress, ext4};
-use piha::inputs::board::Arch;
 use piha::pipeline::assemble::{Content, DiskLayout, PartKind, PartSpec, TableKind, assemble};
 use piha::pipeline::package::package;
 use piha_runner::SystemRunner;

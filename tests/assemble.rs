@@ -16,9 +16,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use piha::arch::Arch;
 use piha::image::bmap::Bmap;
 use piha::image::fat::{FatFile, FatType};
-use piha::inputs::board::Arch;
 use piha::pipeline::assemble::{Assembled, Content, DiskLayout, PartKind, PartSpec, TableKind, assemble};
 use piha::pipeline::package::package;
 use piha_runner::{Cmd, Output, RunError, Runner, SystemRunner};

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use piha::inputs::board::Arch;
+use piha::arch::Arch;
 use piha::pipeline::agent::cross::{AgentBuildPath, Workspace, build_agent, detect};
 use piha::pipeline::agent::sources;
 use piha_runner::SystemRunner;

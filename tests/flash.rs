@@ -495,7 +495,7 @@ fn stamp_refuses_a_partition() {
     let part = PathBuf::from(format!("{}p2", card.dev.display()));
     let before = card.read_all();
     let err = failed(&lab.piha(&stamp_device(&part, "cp1", &["--allow-non-removable"])));
-    assert!(err.contains("is a partition; flash the whole disk"), "{err}");
+    assert!(err.contains("is a partition; give the whole disk"), "{err}");
     assert_same(&card.read_all(), &before, "the card");
 }
 

@@ -57,8 +57,11 @@ impl AtomicFile {
     pub fn create(path: &Path, perm: Option<Perm>) -> io::Result<AtomicFile> {
         let tmp = temp_path(path)?;
         let mut options = OpenOptions::new();
-        // 0600 until the final mode is set: a key must never be readable by others, even as a temp file.
-        options.write(true).create_new(true).mode(0o600);
+        // With a final mode to come, 0600 until it is set: a key must never be
+        // readable by others, even as a temp file. Without one, what a plain
+        // create gives (0666 less the umask).
+        let mode = if perm.is_some() { 0o600 } else { 0o666 };
+        options.write(true).create_new(true).mode(mode);
         let file = options.open(&tmp)?;
         let out = AtomicFile {
             path: path.to_path_buf(),
@@ -76,6 +79,18 @@ impl AtomicFile {
     /// The open temp file, for callers that size or seek it.
     pub fn file(&mut self) -> io::Result<&mut File> {
         self.file.as_mut().ok_or_else(|| io::Error::other("the file was already committed"))
+    }
+
+    /// Like `commit`, but fails with `AlreadyExists` instead of replacing a
+    /// file that is at `path` by then (a hard link never overwrites).
+    pub fn commit_new(mut self) -> io::Result<()> {
+        let file = self.file.take().ok_or_else(|| io::Error::other("the file was already committed"))?;
+        let synced = file.sync_all();
+        drop(file);
+        let linked = synced.and_then(|()| fs::hard_link(&self.tmp, &self.path));
+        let _ = fs::remove_file(&self.tmp);
+        linked?;
+        sync_dir(parent(&self.path))
     }
 
     /// Makes the new contents durable and puts them in place.
@@ -201,7 +216,7 @@ pub fn running_as_root() -> bool {
 /// Filesystems that cannot fsync a directory (EINVAL) are tolerated.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     match File::open(dir).and_then(|d| d.sync_all()) {
-        Err(e) if e.raw_os_error() == Some(22) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
         other => other,
     }
 }
@@ -303,6 +318,22 @@ mod tests {
         assert_eq!(fs::read_to_string(&p).unwrap(), "old");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("big")], "the temp file is removed");
+    }
+
+    #[test]
+    fn files_without_a_mode_follow_the_umask_and_new_files_never_replace() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("SHA256SUMS");
+        write(&p, b"x", None).unwrap();
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o044, 0o044, "readable by others under the usual umask: {mode:o}");
+        let mut again = AtomicFile::create(&p, None).unwrap();
+        again.write_all(b"other").unwrap();
+        let err = again.commit_new().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&p).unwrap(), "x");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
     }
 
     #[test]

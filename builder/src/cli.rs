@@ -194,7 +194,7 @@ fn parse_device_pair(s: &str) -> Result<DevicePair, String> {
 
 #[derive(Debug, Args)]
 pub struct FlashOpts {
-    /// Image to write: .img, .img.zst or .img.xz; a .bmap beside it (X.img.bmap or X.bmap) is used when present.
+    /// Image to write: .img, .img.zst or .img.xz; a .bmap beside it (X.img.bmap, X.img.zst.bmap or X.bmap) is used when present.
     pub image: PathBuf,
     /// Whole-disk block device to write, e.g. /dev/sdb or /dev/mmcblk0.
     #[arg(long, short = 'd', conflicts_with_all = ["to_file", "all"], required_unless_present_any = ["to_file", "all"])]

@@ -1,13 +1,14 @@
 //! The piha builder: cluster files, secrets, cards and images.
 //!
-//! Layers, top to bottom (an arrow only points down):
+//! Layers, top to bottom (an arrow only points down; `arch` and `progress`
+//! are leaves every layer may use):
 //! - `commands`: one module per subcommand: parse, call the library, print;
-//! - `inputs`: the cluster, board and distro files, loaded and validated once;
 //! - `pipeline`: `piha build`, stage by stage;
-//! - `card`: what goes onto a card (secrets, PKI, stamping, the flash ledger);
-//! - `device`: block-device safety, write targets, writing and verifying;
-//! - `image`: on-disk formats (partition tables, ext4, FAT, bmap, compression);
-//! - `host`: the build host's tools and apt sources.
+//! - `card`: what goes onto a card (secrets, PKI, stamping, flashing, the ledger);
+//! - `device`: block-device gates, write targets, writing and verifying;
+//! - `inputs`: the cluster, board and distro files, loaded and validated once;
+//! - `host`: the build host's tools and apt sources;
+//! - `image`: on-disk formats (partition tables, ext4, FAT, bmap, compression).
 
 pub mod arch;
 pub mod card;

@@ -50,8 +50,10 @@ pub fn write_card(
     let stamped = stamp::onto(id, target).with_context(|| {
         let t = target.describe();
         format!(
-            "the image was written to {t} and verified, but stamping node {} failed; fix the cause and run `piha stamp --node {} {t}`",
-            id.node, id.node
+            "the image was written to {t}, but stamping node {} failed; fix the cause and run `piha stamp --cluster {} --node {} {t}` (with --allow-non-removable for a fixed disk)",
+            id.node,
+            id.cluster_path.display(),
+            id.node
         )
     })?;
     Ok(Flashed {

@@ -97,17 +97,17 @@ pub fn onto(id: Identity<'_>, target: &mut dyn WriteTarget) -> anyhow::Result<St
         let table =
             partition::read_table(&mut r, sector_size).with_context(|| format!("reading the partition table of {}", name.display()))?;
         let part = partition::find_config(&mut r, &table, &name)?;
+        if part.size > MAX_PARTITION {
+            bail!(
+                "the {CONFIG_LABEL} partition of {} is {}; piha expects a small config partition ({}). Check that you picked the right disk",
+                name.display(),
+                partition::human(part.size),
+                partition::human(PARTITION_SIZE)
+            );
+        }
         let image = existing_image(&mut r, &part, &name)?;
         (part, image)
     };
-    if part.size > MAX_PARTITION {
-        bail!(
-            "the {CONFIG_LABEL} partition of {} is {}; piha expects a small config partition ({}). Check that you picked the right disk",
-            name.display(),
-            partition::human(part.size),
-            partition::human(PARTITION_SIZE)
-        );
-    }
     let card = contents::assemble(id, image.as_ref(), &name)?;
     let fs_sector = u16::try_from(sector_size).unwrap_or(512);
     let mut fs = fat::build_with_sector_size(CONFIG_LABEL, part.size, None, &card.files, fs_sector)

@@ -4,11 +4,15 @@
 use anyhow::Context;
 use piha_runner::SystemRunner;
 
+use crate::arch::Arch;
 use crate::cli::DoctorOpts;
-use crate::host::doctor::{Need, all_checks, render};
+use crate::host::doctor::{Need, agent_way, all_checks, render};
+use crate::pipeline::agent::cross;
 
 pub fn run(opts: &DoctorOpts) -> anyhow::Result<()> {
-    let checks = all_checks(&SystemRunner);
+    let runner = SystemRunner;
+    let mut checks = all_checks(&runner);
+    checks.push(agent_way(&cross::detect(Arch::Arm64, &runner).to_string()));
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&checks).context("serializing the checks")?);
     } else {

@@ -1,9 +1,11 @@
 //! `piha init`: the commented example cluster file (if there is none) and the
 //! cluster's secrets (once); `piha rotate-secrets --yes`: new secrets.
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use piha_atomic::AtomicFile;
 use piha_config::cluster::KeyAlgorithm;
 
 use crate::card::secrets::{self, Outcome, Secrets};
@@ -93,10 +95,13 @@ fn algorithm_name(alg: KeyAlgorithm) -> &'static str {
 /// Writes a file that must not exist yet, atomically: a crash leaves no
 /// half-written cluster file behind.
 fn write_new(path: &Path, text: &str) -> anyhow::Result<()> {
-    if path.exists() {
-        bail!("{} already exists; nothing was written", path.display());
+    let mut f = AtomicFile::create(path, None).with_context(|| format!("creating a file beside {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    match f.commit_new() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!("{} already exists; nothing was written", path.display()),
+        other => other.with_context(|| format!("writing {}", path.display())),
     }
-    piha_atomic::write(path, text.as_bytes(), None).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The example must stay valid: `piha init` hands it to every new user.

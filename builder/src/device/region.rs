@@ -1,4 +1,4 @@
-//! Rewriting one region of a target in place (a PIHA-CFG filesystem inside a
+//! Rewriting one region (a partition) of a target in place (a PIHA-CFG filesystem inside a
 //! card or image), and reading a target as a seekable stream, both through the
 //! same `WriteTarget` that flashing uses.
 
@@ -22,19 +22,18 @@ pub fn write_verified(target: &mut dyn WriteTarget, offset: u64, data: &[u8]) ->
             target.size()
         );
     }
-    target.write_at(offset, data).context("writing")?;
+    target.write_at(offset, data).context("writing the new filesystem")?;
     target.sync().context("syncing")?;
     let mut buf = vec![0u8; CHUNK.min(data.len())];
     for (i, want) in data.chunks(CHUNK).enumerate() {
         let at = (i * CHUNK) as u64;
         let got = &mut buf[..want.len()];
-        target.read_back(offset + at, got).context("reading back")?;
+        target.read_back(offset + at, got).context("reading the new filesystem back")?;
         if let Some(pos) = got.iter().zip(want).position(|(a, b)| a != b) {
             let off = at + pos as u64;
             bail!(
-                "verification failed: byte {off} of the region (byte {} of {}) reads back differently from what was written; the card may be failing",
-                offset + off,
-                target.describe()
+                "verification failed: byte {off} of the partition (byte {} of the disk) reads back differently from what was written; the card may be failing",
+                offset + off
             );
         }
     }
@@ -159,7 +158,7 @@ mod tests {
         let mut m = memory(4 << 20, 0);
         m.flip_at = Some(1024 + (2 << 20) + 5);
         let err = write_verified(&mut m, 1024, &vec![1u8; 3 << 20]).unwrap_err().to_string();
-        assert!(err.contains(&format!("byte {} of the region", (2 << 20) + 5)), "{err}");
+        assert!(err.contains(&format!("byte {} of the partition", (2 << 20) + 5)), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use indicatif::{BinaryBytes, DecimalBytes};
-use piha_runner::{Cmd, Runner};
+use piha_runner::{Cmd, RunJson, Runner};
 use serde::Deserialize;
 
 /// A partition (or the disk itself) by kernel name and device number.
@@ -128,7 +128,10 @@ pub fn inspect(path: &Path, runner: &dyn Runner) -> anyhow::Result<DeviceInfo> {
             .and_then(|p| p.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        bail!("{} is a partition; flash the whole disk /dev/{parent}", path.display());
+        bail!(
+            "{} is a partition; give the whole disk /dev/{parent} (piha writes the card as a whole and finds PIHA-CFG on it)",
+            path.display()
+        );
     }
     let name = file_name(&sys);
     let size = read_trimmed(&sys.join("size"))?.parse::<u64>().context("parsing sysfs size")? * 512;
@@ -378,12 +381,14 @@ pub fn lsblk(disk: &Path, runner: &dyn Runner) -> anyhow::Result<LsblkDevice> {
     let cmd = Cmd::new("lsblk")
         .args(["-J", "-b", "-o", "NAME,SIZE,RM,TRAN,MODEL,SERIAL,TYPE,MOUNTPOINTS"])
         .arg(disk);
-    let out = runner.run(&cmd)?;
-    parse_lsblk(&out.stdout).with_context(|| format!("parsing the output of `{}`", cmd.display()))
+    let out: LsblkOutput = runner.run_json(&cmd)?;
+    out.blockdevices.into_iter().next().context("lsblk listed no device")
 }
 
-/// The first device of lsblk's JSON.
-pub fn parse_lsblk(json: &[u8]) -> anyhow::Result<LsblkDevice> {
+/// The first device of lsblk's JSON, parsed as `run_json` parses it: the
+/// fixtures' check.
+#[cfg(test)]
+fn parse_lsblk(json: &[u8]) -> anyhow::Result<LsblkDevice> {
     let parsed: LsblkOutput = serde_json::from_slice(json)?;
     parsed.blockdevices.into_iter().next().context("lsblk listed no device")
 }

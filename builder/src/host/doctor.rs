@@ -237,13 +237,6 @@ pub fn build_checks(runner: &dyn Runner, foreign: bool, keyring: &Path) -> Vec<C
         &format!("apt-get install kmod (the image's module index is made on the host), {SETUP}"),
     ));
     if foreign {
-        let way = crate::pipeline::agent::cross::detect(crate::inputs::board::Arch::Arm64, runner);
-        v.push(Check::new(
-            "piha-agent for arm64",
-            Need::ForeignArch,
-            Ok(format!("built by: {way}")),
-            "",
-        ));
         v.push(Check::new(
             "qemu-aarch64-static",
             Need::ForeignArch,
@@ -339,6 +332,12 @@ pub fn all_checks(runner: &dyn Runner) -> Vec<Check> {
         &format!("apt-get install qemu-efi-aarch64, {SETUP}"),
     ));
     v
+}
+
+/// How the arm64 agent will be built: information, never missing. The
+/// pipeline knows the ways; the caller asks it and reports the answer here.
+pub fn agent_way(way: &str) -> Check {
+    Check::new("piha-agent for arm64", Need::ForeignArch, Ok(format!("built by: {way}")), "")
 }
 
 /// One line per check, for people.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::inputs::catalog;
 
-pub use crate::arch::Arch;
+use crate::arch::Arch;
 
 /// Distribution family: decides which package list of a board applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -46,7 +46,7 @@ pub enum Firmware {
     Rpi,
 }
 
-pub use crate::image::partition::TableKind;
+use crate::image::partition::TableKind;
 
 /// FAT variant of the boot partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,8 @@ use piha_config::cluster::Runtime;
 use piha_config::node::NetworkRenderer;
 use serde::{Deserialize, Serialize};
 
-use crate::inputs::board::{Arch, Family};
+use crate::arch::Arch;
+use crate::inputs::board::Family;
 use crate::inputs::catalog;
 
 /// `distros/<name>.yaml`.

@@ -27,10 +27,10 @@ use piha_runner::Runner;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::arch::Arch;
 use crate::image::disk::{self, GptPartition, MbrPartition, Slot};
 use crate::image::ext4::{self, MkfsError, Sizing};
 use crate::image::fat::{FatFile, FatType};
-use crate::inputs::board::Arch;
 
 pub use crate::image::partition::TableKind;
 
@@ -440,7 +440,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::{Content, DiskLayout, PartKind, PartSpec, TableKind, check, gpt_type};
-    use crate::inputs::board::Arch;
+    use crate::arch::Arch;
 
     fn layout(table: TableKind) -> DiskLayout {
         DiskLayout {

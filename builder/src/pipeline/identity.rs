@@ -18,10 +18,10 @@ pub const CUSTOMIZE_RECIPE_VERSION: u32 = 1;
 /// `image.json` for the image this plan makes.
 pub fn image_info(plan: &Plan, input_hash: &str) -> ImageInfo {
     ImageInfo {
-        board: plan.req.board.name.clone(),
-        distro: plan.req.distro.name.clone(),
+        board: Some(plan.req.board.name.clone()),
+        distro: Some(plan.req.distro.name.clone()),
         arch: Some(plan.arch),
-        profile: Some(plan.req.profile.as_str().to_string()),
+        profile: Some(plan.req.profile),
         piha_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         input_hash: Some(input_hash.to_string()),
     }

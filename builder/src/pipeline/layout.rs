@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::card::IMAGE_INFO_FILE;
 use crate::image::fat::{FatFile, FatType};
+use crate::image::info::IMAGE_INFO_FILE;
 use crate::inputs::board::{FatKind, Firmware};
 use crate::pipeline::assemble::{Content, DiskLayout, PartKind, PartSpec};
 use crate::pipeline::customize::templates::{render_boot_file, render_cmdline};

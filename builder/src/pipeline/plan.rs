@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use piha_config::cluster::{ClusterFile, Runtime};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use crate::arch::Arch;
 use crate::host::apt::{self, AptSource};
-use crate::inputs::board::{Arch, Board};
+use crate::inputs::board::Board;
 use crate::inputs::distro::{AptRepo, Distro, Mirror};
 use crate::pipeline::manifest::Skipped;
 
@@ -24,30 +25,7 @@ use crate::pipeline::manifest::Skipped;
 /// (hook scripts, mmdebstrap options), so old cached tarballs are not reused.
 pub const ROOTFS_RECIPE_VERSION: u32 = 2;
 
-/// What a build is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Profile {
-    /// What users flash: real Kubernetes packages.
-    Production,
-    /// Adds the test-only overlay (recording kubeadm, power-off when the agent is done).
-    Test,
-}
-
-impl Profile {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Profile::Production => "production",
-            Profile::Test => "test",
-        }
-    }
-}
-
-impl fmt::Display for Profile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::image::info::Profile;
 
 /// Where an archive mirror's URL came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -419,8 +397,9 @@ mod tests {
     use piha_config::cluster::{ClusterFile, Runtime};
 
     use super::{MirrorSource, Plan, Profile, Request, resolve_mirror};
+    use crate::arch::Arch;
     use crate::host::apt::parse_deb822;
-    use crate::inputs::board::{Arch, Board};
+    use crate::inputs::board::Board;
     use crate::inputs::distro::{Distro, Mirror};
 
     fn data() -> PathBuf {

@@ -9,8 +9,8 @@ use anyhow::bail;
 use piha_config::cluster::Runtime;
 use piha_runner::{Cmd, Runner};
 
+use crate::arch::Arch;
 use crate::host::doctor::{self, Need};
-use crate::inputs::board::Arch;
 use crate::pipeline::plan::{Plan, Reachable};
 use crate::progress::Progress;
 

@@ -27,8 +27,8 @@ use sha2::{Digest, Sha256};
 
 use super::cross::{AGENT_CARGO_CONFIG, STATIC_RUSTFLAGS, linker_var};
 use super::sources;
+use crate::arch::Arch;
 use crate::host::apt;
-use crate::inputs::board::Arch;
 
 /// The build root's suite: the first Debian release whose rustc (1.85) can
 /// build edition 2024 crates.
@@ -284,7 +284,7 @@ mod tests {
     use piha_runner::RecordingRunner;
 
     use super::{chroot_cmd, debian_mirror, packages, root_dir};
-    use crate::inputs::board::Arch;
+    use crate::arch::Arch;
 
     #[test]
     fn arm64_packages_on_amd64() {

@@ -24,7 +24,7 @@ use piha_runner::{Cmd, Runner};
 use sha2::{Digest, Sha256};
 
 use super::{buildroot, elf, sources};
-use crate::inputs::board::Arch;
+use crate::arch::Arch;
 use crate::pipeline::cache::Cache;
 
 /// Link the C runtime statically (as `CARGO_ENCODED_RUSTFLAGS`; with an
@@ -191,7 +191,7 @@ mod tests {
     use piha_runner::{Output, RecordingRunner};
 
     use super::{AgentBuildPath, detect};
-    use crate::inputs::board::Arch;
+    use crate::arch::Arch;
 
     fn ok(stdout: &str) -> Result<Output, String> {
         Ok(Output {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use crate::inputs::board::Arch;
+use crate::arch::Arch;
 
 /// Program header type of the dynamic loader's path.
 const PT_INTERP: u32 = 3;
@@ -75,7 +75,7 @@ mod tests {
     use std::path::Path;
 
     use super::{check_arch, check_static, parse};
-    use crate::inputs::board::Arch;
+    use crate::arch::Arch;
 
     /// An ELF64 header for `machine` with one program header of type `ptype`.
     fn elf(machine: u16, ptype: u32) -> Vec<u8> {

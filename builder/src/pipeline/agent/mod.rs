@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use piha_runner::Runner;
 
 use self::cross::{AgentBuildPath, Workspace};
-use crate::inputs::board::Arch;
+use crate::arch::Arch;
 use crate::inputs::catalog;
 use crate::pipeline::cache::Cache;
 use crate::pipeline::identity::sha256_hex;
