@@ -9,5 +9,4 @@ pub mod pki;
 pub mod secrets;
 pub(crate) mod stamp;
 
-pub use crate::image::info::IMAGE_INFO_FILE;
-pub use contents::{Card, PARTITION_SIZE, README_FILE, network_renderer, node_config, secret_files};
+pub use contents::{network_renderer, node_config};
