@@ -1,7 +1,9 @@
 //! Boots an image under QEMU with software emulation (TCG: KVM hangs on these
 //! nested machines) and collects the serial console. Test images power off by
-//! themselves once the agent is done (test overlay), so a boot is "run until
-//! QEMU exits, or time out".
+//! themselves once the agent is done when QEMU hands them the fw_cfg entry
+//! `opt/piha/poweroff` (test overlay, `poweroff-if-asked`), which every
+//! machine here but raspi4b (no fw_cfg) gets, so a boot is "run until QEMU
+//! exits, or time out"; raspi4b boots stop on a console marker instead.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -78,6 +80,10 @@ fn firmware(machine: Machine, scratch: &Path) -> Vec<String> {
     ]
 }
 
+/// Asks the test overlay to power the guest off once piha-agent is done;
+/// without it a test image stays up, as the VMs of `piha lab` do.
+const POWEROFF_FW_CFG: &str = "name=opt/piha/poweroff,string=1";
+
 fn args(b: &Boot) -> (String, Vec<String>) {
     let scratch = b.console.parent().expect("console in a dir");
     let mut a: Vec<String> = vec!["-accel".into(), "tcg".into(), "-nographic".into(), "-no-reboot".into()];
@@ -100,6 +106,7 @@ fn args(b: &Boot) -> (String, Vec<String>) {
             a.extend(["-drive".into(), format!("file={},format=raw,if=virtio", b.disk.display())]);
             // Slot 2 pins the NIC name to enp0s2 (examples/qemu-lab.yaml matches w1 by it).
             a.extend(["-netdev".into(), net, "-device".into(), "virtio-net-pci,netdev=n0,addr=0x2".into()]);
+            a.extend(["-fw_cfg".into(), POWEROFF_FW_CFG.into()]);
             "qemu-system-x86_64"
         }
         Machine::Arm64Uefi | Machine::Arm64Direct => {
@@ -114,6 +121,7 @@ fn args(b: &Boot) -> (String, Vec<String>) {
             a.extend(firmware(b.machine, scratch));
             a.extend(["-drive".into(), format!("file={},format=raw,if=virtio", b.disk.display())]);
             a.extend(["-netdev".into(), net, "-device".into(), "virtio-net-pci,netdev=n0".into()]);
+            a.extend(["-fw_cfg".into(), POWEROFF_FW_CFG.into()]);
             "qemu-system-aarch64"
         }
         Machine::Raspi4b => {
