@@ -43,6 +43,8 @@ pub enum Command {
     Doctor(DoctorOpts),
     /// Read the agent's status.json from a card or image.
     Status(StatusOpts),
+    /// The whole cluster as QEMU VMs on one private network, and its failover test.
+    Lab(LabOpts),
     /// Print shell completions.
     Completions(CompletionsOpts),
     /// Write man pages.
@@ -244,6 +246,115 @@ pub struct StatusOpts {
     /// Print the raw status.json.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LabOpts {
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+/// The lab a subcommand acts on.
+#[derive(Debug, Clone, Args)]
+pub struct LabDirArg {
+    /// The lab's directory: its state, disks, console logs and built images.
+    #[arg(long, default_value = crate::lab::dir::DEFAULT_DIR)]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build or reuse the images, stamp one disk per node, boot every node and wait for its agent.
+    Up(LabUpOpts),
+    /// Each node's VM state and agent phase.
+    Status {
+        #[command(flatten)]
+        dir: LabDirArg,
+        /// Print the nodes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shut a node down cleanly (ACPI power button), or cut its power.
+    Stop {
+        #[command(flatten)]
+        dir: LabDirArg,
+        /// Node name from the cluster file.
+        node: String,
+        /// Cut the power instead of shutting down.
+        #[arg(long)]
+        hard: bool,
+    },
+    /// Power a stopped node on.
+    Start {
+        #[command(flatten)]
+        dir: LabDirArg,
+        /// Node name from the cluster file.
+        node: String,
+    },
+    /// Remove every VM, tap and the namespace (also of a lab whose piha was killed).
+    Down {
+        #[command(flatten)]
+        dir: LabDirArg,
+    },
+    /// Run the failover test (seed 004) and print what it measured.
+    Check {
+        #[command(flatten)]
+        dir: LabDirArg,
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: the lab's SNTP server, run by `up` inside the lab's namespace.
+    #[command(hide = true)]
+    ServeTime {
+        /// Address to answer on (the cluster's gateway).
+        #[arg(long)]
+        address: std::net::Ipv4Addr,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LabUpOpts {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub dir: LabDirArg,
+    /// Build profile of the images (production needs the Kubernetes package sources).
+    #[arg(long, value_enum, default_value_t = Profile::Test)]
+    pub profile: Profile,
+    /// Boot every node as an amd64 VM whatever its board: a fast rehearsal of the cluster rather than the boards.
+    #[arg(long)]
+    pub as_amd64: bool,
+    /// Use this image instead of building one (for the board its image.json names); repeatable.
+    #[arg(long)]
+    pub image: Vec<PathBuf>,
+    /// Build the images again even if the lab directory holds matching ones.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// QEMU accelerator.
+    #[arg(long, value_enum, default_value_t = crate::lab::vm::Accel::Auto)]
+    pub accel: crate::lab::vm::Accel,
+    /// Virtual CPUs per VM.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Memory per VM, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u32,
+    /// MiB added to each node's disk (the root filesystem grows into it on first boot).
+    #[arg(long, default_value_t = 1024)]
+    pub disk_grow: u64,
+    /// Minutes to wait for every agent to finish.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Debian/Ubuntu mirror URL for a build [default: the distro file's, or the host's apt mirror for Debian].
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Kubernetes packages from this local directory of .debs, for a production build.
+    #[arg(long)]
+    pub k8s_bundle: Option<PathBuf>,
+    /// Cache directory for rootfs tarballs and .debs.
+    #[arg(long, env = "PIHA_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@ pub mod device;
 pub mod host;
 pub mod image;
 pub mod inputs;
+pub mod lab;
 pub mod logging;
 pub mod pipeline;
 pub mod progress;

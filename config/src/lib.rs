@@ -4,6 +4,7 @@
 //! of every file the agent writes on a node (`render`). One copy, used by both.
 
 pub mod cluster;
+pub mod ipvs;
 pub mod k8s;
 pub mod node;
 pub mod problem;

@@ -34,6 +34,30 @@ pub enum Outcome {
     Skipped,
 }
 
+impl Phase {
+    /// The name status.json uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Failed => "failed",
+            Phase::InvalidConfig => "invalid-config",
+            Phase::Done => "done",
+        }
+    }
+}
+
+impl Outcome {
+    /// The name status.json uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub name: String,

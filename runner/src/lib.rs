@@ -315,3 +315,40 @@ mod tests {
         assert_eq!(r.command_lines(), vec!["kubeadm join", "kubeadm join"]);
     }
 }
+
+/// Where a [`spawn`]ed process's output goes.
+#[derive(Debug)]
+pub enum SpawnOutput {
+    /// stdout piped to the caller (read it from `Child::stdout`), stderr discarded.
+    Piped,
+    /// stdout and stderr appended to this file; the process is put in a new
+    /// session, so it outlives the caller (a daemon).
+    Detached(std::path::PathBuf),
+}
+
+/// Starts `cmd` without waiting for it: a long-lived helper (a streaming
+/// watcher, a daemon) rather than a command with a result. Logged like [`Runner::run`].
+pub fn spawn(cmd: &Cmd, output: SpawnOutput) -> std::io::Result<std::process::Child> {
+    log::info!("starting: {}", cmd.display());
+    // The one place piha spawns a process (clippy.toml bans it elsewhere).
+    #[allow(clippy::disallowed_methods)]
+    let mut command = Command::new(&cmd.program);
+    command.args(&cmd.args);
+    for (k, v) in &cmd.env {
+        command.env(k, v);
+    }
+    command.stdin(Stdio::null());
+    match output {
+        SpawnOutput::Piped => {
+            command.stdout(Stdio::piped()).stderr(Stdio::null());
+        }
+        SpawnOutput::Detached(log) => {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+            command.stdout(file.try_clone()?).stderr(file);
+            // Its own process group: a Ctrl-C on the caller's terminal does not reach it.
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
+        }
+    }
+    command.spawn()
+}

@@ -13,7 +13,7 @@ use piha_config::render::{self, KEEPALIVED_CONF, keepalived};
 use piha_runner::Cmd;
 
 use super::Env;
-use super::ipvs;
+use piha_config::ipvs;
 use crate::files;
 use crate::retry::retry;
 

@@ -24,7 +24,6 @@ pub mod done;
 pub mod host_prep;
 pub mod identity;
 pub mod init_control_plane;
-pub mod ipvs;
 pub mod join_control_plane;
 pub mod join_worker;
 pub mod kubeadm;

@@ -6,6 +6,7 @@ pub(crate) mod contents;
 pub(crate) mod flash;
 pub mod ledger;
 pub mod pki;
+pub(crate) mod report;
 pub mod secrets;
 pub(crate) mod stamp;
 

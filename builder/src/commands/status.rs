@@ -1,22 +1,22 @@
 //! `piha status TARGET`: what the agent wrote to `status.json` on a card, an
 //! image, or a bare PIHA-CFG filesystem image, read without mounting.
 
-use std::fs::File;
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use piha_config::node::{CONFIG_LABEL, NODE_FILE, NodeConfig};
-use piha_config::status::{Outcome, Phase, STATUS_FILE, Status, StepRecord};
+use piha_config::status::{STATUS_FILE, Status, StepRecord};
 
 use crate::cli::StatusOpts;
-use crate::image::{fat, partition};
+use crate::card::report;
 
 /// Said when the card has no status.json.
 pub const NOT_BOOTED: &str = "no status.json: the node has not booted with this card yet";
 
 pub fn run(opts: &StatusOpts) -> anyhow::Result<()> {
     let target = &opts.target;
-    let (status_raw, node_raw) = read_card(target)?;
+    let report = report::read(target)?;
+    let (status_raw, node_raw) = (report.status, report.node_yaml);
     let Some(raw) = status_raw else {
         if opts.json {
             // Keep stdout pure JSON for scripts: absence is an error there.
@@ -46,22 +46,6 @@ pub fn run(opts: &StatusOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads status.json and node.yaml from the PIHA-CFG filesystem of `target`.
-fn read_card(target: &Path) -> anyhow::Result<(Option<Vec<u8>>, Option<String>)> {
-    let mut file = File::open(target).with_context(|| format!("opening {}", target.display()))?;
-    let sector_size = partition::sector_size_of(&file);
-    let table =
-        partition::read_table(&mut file, sector_size).with_context(|| format!("reading the partition table of {}", target.display()))?;
-    let part = partition::find_config(&mut file, &table, target)?;
-    let mut read = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
-        let slice = fscommon::StreamSlice::new(fat::ReadOnly(&mut file), part.start, part.start + part.size)?;
-        fat::read_file(slice, name).with_context(|| format!("reading {name} from {CONFIG_LABEL} on {}", target.display()))
-    };
-    let status = read(STATUS_FILE)?;
-    let node = read(NODE_FILE)?.map(|b| String::from_utf8_lossy(&b).into_owned());
-    Ok((status, node))
-}
-
 fn stamped_for(target: &Path, node_yaml: &str) -> Option<String> {
     let cfg = NodeConfig::parse(&target.join(NODE_FILE), node_yaml).ok()?;
     Some(format!(
@@ -80,7 +64,7 @@ pub fn summary(s: &Status, stamped: Option<&str>) -> String {
     let role = s.role.map(|r| r.as_str()).unwrap_or("unknown role");
     out.push_str(&format!(
         "node {node} ({role}): phase {}, boot {}, updated {}\n",
-        phase_name(s.phase),
+        s.phase.as_str(),
         s.boots,
         when(s.updated)
     ));
@@ -106,7 +90,7 @@ pub fn summary(s: &Status, stamped: Option<&str>) -> String {
 }
 
 fn step_line(st: &StepRecord, width: usize) -> String {
-    let mut line = format!("  {:<width$}  {:<8} {}", st.name, outcome_name(st.outcome), when(st.started));
+    let mut line = format!("  {:<width$}  {:<8} {}", st.name, st.outcome.as_str(), when(st.started));
     if let Some(ms) = st.wall_ms {
         line.push_str(&format!("  {:.1} s", ms as f64 / 1000.0));
     }
@@ -121,24 +105,6 @@ fn step_line(st: &StepRecord, width: usize) -> String {
         }
     }
     line
-}
-
-fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Running => "running",
-        Phase::Failed => "failed",
-        Phase::InvalidConfig => "invalid-config",
-        Phase::Done => "done",
-    }
-}
-
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Running => "running",
-        Outcome::Ok => "ok",
-        Outcome::Failed => "failed",
-        Outcome::Skipped => "skipped",
-    }
 }
 
 /// Unix seconds as `2025-01-31 12:00:00 UTC`.

@@ -1,0 +1,156 @@
+//! The cluster file turned into the lab's VMs, and every refusal that must
+//! come before any VM: a board with no VM, a missing tool or firmware, no root.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use anyhow::bail;
+use piha_config::cluster::{ClusterFile, Role};
+
+use super::net::mac_for;
+use super::vm::Machine;
+
+/// The board every node runs as with `--as-amd64`.
+pub const AMD64_BOARD: &str = "amd64";
+
+/// One node as a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedNode {
+    pub name: String,
+    pub role: Role,
+    pub ip: Ipv4Addr,
+    /// The board whose image it boots (amd64 for every node with `--as-amd64`).
+    pub board: String,
+    pub machine: Machine,
+    pub mac: String,
+    pub tap: String,
+}
+
+/// The VM a board's image boots in, if the lab has one.
+pub fn machine_for(board: &str) -> Option<Machine> {
+    match board {
+        "amd64" => Some(Machine::Amd64Uefi),
+        "arm64-uefi" => Some(Machine::Arm64Uefi),
+        _ => None,
+    }
+}
+
+/// Every node of `cluster` as a VM; with `as_amd64`, every node boots the
+/// amd64 image whatever its board. Refuses a board with no VM, naming each
+/// node and the way out.
+pub fn plan(cluster: &ClusterFile, cluster_path: &Path, as_amd64: bool) -> anyhow::Result<Vec<PlannedNode>> {
+    let mut unmapped = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let board = if as_amd64 { AMD64_BOARD } else { n.board.as_str() };
+        let Some(machine) = machine_for(board) else {
+            unmapped.push(format!("{} (board {})", n.name, n.board));
+            continue;
+        };
+        nodes.push(PlannedNode {
+            name: n.name.clone(),
+            role: n.role,
+            ip: n.ip,
+            board: board.to_string(),
+            machine,
+            // A node matched by MAC gets that MAC, so its card's network file matches.
+            mac: n.mac.clone().unwrap_or_else(|| mac_for(n.ip)),
+            tap: format!("tap{i}"),
+        });
+    }
+    if !unmapped.is_empty() {
+        bail!(
+            "{}: the lab has no VM for {}: it boots amd64 (QEMU q35 + OVMF) and arm64-uefi (QEMU virt + AAVMF) images. Rehearse the cluster on amd64 VMs with `piha lab up --as-amd64`",
+            cluster_path.display(),
+            unmapped.join(", ")
+        );
+    }
+    Ok(nodes)
+}
+
+/// The cluster as the lab stamps it: the lab's SSH key added and, with
+/// `--as-amd64`, every node on the amd64 board with its NIC found by MAC or by
+/// the default match (a Pi's `eth0` is not a VM's name).
+pub fn lab_cluster(cluster: &ClusterFile, lab_key: &str, as_amd64: bool) -> ClusterFile {
+    let mut c = cluster.clone();
+    c.ssh_authorized_keys.push(lab_key.to_string());
+    if as_amd64 {
+        for n in &mut c.nodes {
+            if n.board != AMD64_BOARD {
+                n.board = AMD64_BOARD.to_string();
+                n.interface = None;
+            }
+        }
+    }
+    c
+}
+
+/// The host tools and firmware the lab's VMs need, missing ones named.
+pub fn missing_tools(nodes: &[PlannedNode]) -> Vec<String> {
+    let mut needed: BTreeSet<String> = ["ip", "ssh", "ssh-keygen", "curl"].iter().map(|s| s.to_string()).collect();
+    let mut files = BTreeSet::new();
+    for n in nodes {
+        needed.insert(n.machine.program().to_string());
+        let (code, vars) = n.machine.firmware();
+        files.insert(code);
+        files.insert(vars);
+    }
+    let mut missing: Vec<String> = needed.into_iter().filter(|t| !on_path(t)).collect();
+    missing.extend(files.into_iter().filter(|f| !Path::new(f).exists()).map(str::to_string));
+    missing
+}
+
+fn on_path(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].iter().map(Into::into))
+        .any(|d| d.join(tool).is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use piha_config::cluster::ClusterFile;
+
+    use super::{lab_cluster, plan};
+    use crate::lab::vm::Machine;
+
+    fn cluster(boards: &[&str]) -> ClusterFile {
+        let mut text = String::from(
+            "name: t\ndistro: debian-bookworm\nkubernetes:\n  version: \"1.34.1\"\n  runtime: containerd\napi:\n  vip: 10.0.2.100\nnetwork:\n  prefix: 24\n  gateway: 10.0.2.2\nnodes:\n",
+        );
+        for (i, b) in boards.iter().enumerate() {
+            let role = if i == 0 { "director" } else { "control-plane" };
+            text.push_str(&format!("  - {{name: n{i}, board: {b}, role: {role}, ip: 10.0.2.{}, interface: eth0}}\n", 10 + i));
+        }
+        ClusterFile::parse(Path::new("c.yaml"), &text).expect("parses")
+    }
+
+    #[test]
+    fn amd64_and_arm64_uefi_have_vms() {
+        let p = plan(&cluster(&["amd64", "arm64-uefi"]), Path::new("c.yaml"), false).unwrap();
+        assert_eq!(p[0].machine, Machine::Amd64Uefi);
+        assert_eq!(p[1].machine, Machine::Arm64Uefi);
+        assert_eq!((p[0].tap.as_str(), p[1].tap.as_str()), ("tap0", "tap1"));
+    }
+
+    #[test]
+    fn a_pi_is_refused_naming_the_node_and_the_amd64_rehearsal() {
+        let err = plan(&cluster(&["amd64", "rpi4", "rpi5"]), Path::new("c.yaml"), false).unwrap_err().to_string();
+        assert!(err.starts_with("c.yaml: the lab has no VM for n1 (board rpi4), n2 (board rpi5)"), "{err}");
+        assert!(err.contains("--as-amd64"), "{err}");
+        let p = plan(&cluster(&["amd64", "rpi4"]), Path::new("c.yaml"), true).unwrap();
+        assert!(p.iter().all(|n| n.machine == Machine::Amd64Uefi && n.board == "amd64"));
+    }
+
+    #[test]
+    fn the_lab_cluster_adds_the_lab_key_and_moves_pis_to_amd64() {
+        let c = lab_cluster(&cluster(&["amd64", "rpi4"]), "ssh-ed25519 AAAA lab", true);
+        assert_eq!(c.ssh_authorized_keys.last().map(String::as_str), Some("ssh-ed25519 AAAA lab"));
+        assert_eq!(c.nodes[1].board, "amd64");
+        assert_eq!(c.nodes[1].interface, None);
+        assert_eq!(c.nodes[0].interface.as_deref(), Some("eth0"), "an amd64 node keeps its NIC name");
+    }
+}
