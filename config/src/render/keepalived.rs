@@ -66,6 +66,10 @@ pub const CHECK_RETRY_DELAY_SECS: u32 = 1;
 pub const WORST_CASE_REMOVAL_SECS: u32 =
     CHECK_INTERVAL_SECS + (CHECK_RETRIES + 1) * CHECK_TIMEOUT_SECS + CHECK_RETRIES * CHECK_RETRY_DELAY_SECS;
 
+/// The VRRP instance; the sync daemon follows its MASTER/BACKUP state by this
+/// name (`keepalived -t` accepts a name that matches no instance).
+const INSTANCE: &str = "piha_api";
+
 /// The path keepalived asks the health endpoint for. The endpoint answers
 /// every path alike; the name says what it reports.
 const CHECK_PATH: &str = "/ready";
@@ -104,6 +108,7 @@ struct Data {
     header: String,
     router_id: String,
     sync_daemon: bool,
+    instance: &'static str,
     single: bool,
     director_count: usize,
     state: &'static str,
@@ -175,6 +180,7 @@ pub fn config_with(cfg: &NodeConfig, choices: &Choices) -> Result<Option<String>
         header: header("#", cfg),
         router_id: cfg.node.name.clone(),
         sync_daemon: choices.sync_daemon,
+        instance: INSTANCE,
         single: directors.len() <= 1,
         director_count: directors.len(),
         state,
@@ -261,7 +267,10 @@ mod tests {
 
     #[test]
     fn worst_case_removal_is_interval_plus_two_timeouts_plus_a_retry_delay() {
-        assert_eq!((CHECK_INTERVAL_SECS, CHECK_TIMEOUT_SECS, CHECK_RETRIES, CHECK_RETRY_DELAY_SECS), (2, 1, 1, 1));
+        assert_eq!(
+            (CHECK_INTERVAL_SECS, CHECK_TIMEOUT_SECS, CHECK_RETRIES, CHECK_RETRY_DELAY_SECS),
+            (2, 1, 1, 1)
+        );
         assert_eq!(WORST_CASE_REMOVAL_SECS, 5);
     }
 
