@@ -59,7 +59,7 @@ pub const CHECK_RETRY_DELAY_SECS: u32 = 1;
 /// [`CHECK_INTERVAL_SECS`]; it and each of the [`CHECK_RETRIES`] repeats
 /// (each after [`CHECK_RETRY_DELAY_SECS`]) fail within [`CHECK_TIMEOUT_SECS`]
 /// (a dead node: the connect times out; a live one answers 503 at once).
-/// 2 + 1 + 1 + 1 = 5 s. A control plane that answers 503 goes in about
+/// 2 + 1 + 1 + 1 = 5 s. A control plane that answers 503 leaves in about
 /// [`CHECK_INTERVAL_SECS`] + [`CHECK_RETRY_DELAY_SECS`] = 3 s. One that
 /// recovers is back after its next good check, within
 /// [`CHECK_INTERVAL_SECS`] + [`CHECK_TIMEOUT_SECS`].
@@ -77,9 +77,10 @@ const CHECK_PATH: &str = "/ready";
 /// Whether two directors run IPVS connection sync by default: the MASTER
 /// sends its connection table to the BACKUP, so after a failover the new
 /// MASTER sends established API connections (watches, `kubectl exec`) to the
-/// same control plane instead of dropping their next packets (IPVS schedules
-/// only SYNs; a mid-stream packet without an entry is dropped until the client
-/// gives up). One director has nobody to sync with.
+/// same control plane instead of resetting them: IPVS schedules only SYNs, so
+/// a mid-stream packet it has no entry for goes to the director's own TCP
+/// stack, which answers with a reset. One director has nobody to sync with.
+/// Whether this matters enough is for the lab to measure; [`Choices`] turns it off.
 pub fn sync_daemon_default(cfg: &NodeConfig) -> bool {
     cfg.directors().count() == 2
 }
