@@ -1,6 +1,7 @@
 //! The files the agent's overlays put into images, checked with the real
-//! tools: the realServer script in a network namespace, the test profile's
-//! recording kubeadm/kubectl, and every unit with `systemd-analyze verify`.
+//! tools: the realServer script and the directors' health endpoint in network
+//! namespaces, the test profile's recording kubeadm/kubectl, and every unit
+//! with `systemd-analyze verify`.
 
 // Tests run the binaries under test, QEMU and the host tools that check
 // their output directly, as a user's shell would; clippy.toml's ban on
@@ -37,6 +38,7 @@ fn is_root() -> bool {
 fn shell_scripts_are_posix_sh() {
     for script in [
         "agent/usr/lib/piha/realserver",
+        "agent/usr/lib/piha/apicheck",
         "test/usr/local/bin/kubeadm",
         "test/usr/local/bin/kubectl",
         "test/usr/lib/piha/test/collect",
@@ -62,6 +64,10 @@ fn shell_scripts_are_posix_sh() {
             "{script} must be executable"
         );
     }
+    // Sourced, not run: no #! line, but the same dialect.
+    let lib = overlay("agent/usr/lib/piha/lvs-dr.sh");
+    let out = Command::new("dash").arg("-n").arg(&lib).output().expect("dash is installed");
+    assert!(out.status.success(), "lvs-dr.sh: {}", text(&out));
 }
 
 /// Runs `script` in a fresh network namespace, so the host's lo and sysctls are untouched.
@@ -242,6 +248,8 @@ fn units_pass_systemd_analyze_verify() {
         "boot-piha.mount",
         "piha-realserver.service",
         "piha-test-apiserver.service",
+        "piha-apicheck.socket",
+        "piha-apicheck@.service",
     ];
     let out = Command::new("systemd-analyze")
         .arg("verify")
@@ -267,6 +275,7 @@ fn presets_enable_the_agent_and_leave_role_services_to_it() {
         [
             "enable piha-agent.service",
             "disable piha-realserver.service",
+            "disable piha-apicheck.socket",
             "disable keepalived.service",
             "disable kubelet.service"
         ]
@@ -919,4 +928,233 @@ fn jws(payload: &[u8], id: &str, secret: &str) -> String {
         "{header}..{}",
         base64(&hmac_sha256(secret.as_bytes(), signing_input.as_bytes()), URL_NO_PAD)
     )
+}
+
+#[test]
+fn the_apicheck_socket_listens_on_the_port_keepalived_checks() {
+    let unit = std::fs::read_to_string(overlay("agent/usr/lib/systemd/system/piha-apicheck.socket")).unwrap();
+    let listen: Vec<&str> = unit.lines().filter_map(|l| l.strip_prefix("ListenStream=")).collect();
+    assert_eq!(listen, ["6444"], "{unit}");
+    assert_eq!(piha_config::render::realserver::APICHECK_PORT, 6444);
+    assert!(unit.contains("\nAccept=yes\n"), "{unit}");
+    let service = std::fs::read_to_string(overlay("agent/usr/lib/systemd/system/piha-apicheck@.service")).unwrap();
+    assert!(service.contains("\nEnvironmentFile=/etc/piha/vip.env\n"), "{service}");
+    assert!(
+        service.contains("\nStandardInput=socket\n") && service.contains("\nStandardOutput=socket\n"),
+        "{service}"
+    );
+}
+
+/// A throwaway cluster CA with a serving certificate it signed, and a second,
+/// unrelated self-signed certificate; made with the openssl CLI at test time.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let steps: [&[&str]; 4] = [
+            &[
+                "req",
+                "-x509",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-subj",
+                "/CN=test-cluster-ca",
+                "-days",
+                "1",
+            ],
+            &[
+                "req",
+                "-keyout",
+                "apiserver.key",
+                "-out",
+                "apiserver.csr",
+                "-subj",
+                "/CN=kube-apiserver",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "apiserver.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "apiserver.crt",
+                "-days",
+                "1",
+            ],
+            &[
+                "req",
+                "-x509",
+                "-keyout",
+                "other.key",
+                "-out",
+                "other.crt",
+                "-subj",
+                "/CN=kube-apiserver",
+                "-days",
+                "1",
+            ],
+        ];
+        for args in steps {
+            let mut cmd = Command::new("openssl");
+            cmd.args(args).current_dir(dir.path());
+            if args[0] == "req" {
+                cmd.args(ec);
+            }
+            let out = cmd.output().expect("openssl is installed");
+            assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// What listens on 127.0.0.1:6443 in the namespace.
+enum Api<'a> {
+    /// Nothing: the API server is not running.
+    Down,
+    /// `openssl s_server -www` with `<name>.crt`: answers every GET with 200.
+    Serving(&'a str),
+    /// An API server that is up but not ready: HTTP 500 over TLS with the CA's certificate.
+    NotReady,
+    /// Accepts the connection and never says a word.
+    Silent,
+}
+
+/// Runs apicheck as piha-apicheck@.service would, with a keepalived-like
+/// request on stdin, in a fresh network namespace whose lo holds the VIP or
+/// not and whose 127.0.0.1:6443 holds `api`. Only loopback traffic, in the
+/// namespace. Returns the answer (stdout) and stderr.
+fn apicheck(pki: &Pki, vip_on_lo: bool, api: Api) -> (String, String) {
+    let server = match api {
+        Api::Down => String::new(),
+        Api::Serving(name) => format!(
+            "openssl s_server -quiet -www -accept 127.0.0.1:6443 -cert {dir}/{name}.crt -key {dir}/{name}.key >/dev/null 2>&1 &",
+            dir = pki.dir.path().display()
+        ),
+        Api::NotReady => {
+            let reply = pki.path("not-ready.sh");
+            std::fs::write(
+                &reply,
+                "#!/bin/sh\nprintf 'HTTP/1.1 500 Internal Server Error\\r\\nContent-Length: 15\\r\\n\\r\\n[-]etcd failed\\n'\nsleep 0.2\n",
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&reply, std::fs::Permissions::from_mode(0o755)).unwrap();
+            format!(
+                "socat OPENSSL-LISTEN:6443,bind=127.0.0.1,reuseaddr,cert={dir}/apiserver.crt,key={dir}/apiserver.key,verify=0 EXEC:{reply} >/dev/null 2>&1 &",
+                dir = pki.dir.path().display(),
+                reply = reply.display()
+            )
+        }
+        Api::Silent => "socat TCP-LISTEN:6443,bind=127.0.0.1,reuseaddr SYSTEM:'sleep 3' >/dev/null 2>&1 &".to_string(),
+    };
+    // The listener dies with the script (a server left running would keep its
+    // namespace alive), and its output never holds the test's pipes open.
+    let wait = if server.is_empty() {
+        ""
+    } else {
+        "trap 'kill $! 2>/dev/null || true' EXIT\nfor _ in $(seq 50); do ss -ltn | grep -qF 127.0.0.1:6443 && break; sleep 0.1; done"
+    };
+    let script = format!(
+        "ip link set lo up\n{vip}\n{server}\n{wait}\n\
+         printf 'GET /ready HTTP/1.0\\r\\nUser-Agent: KeepAliveClient\\r\\nHost: 10.0.2.11:6444\\r\\n\\r\\n' | {check}",
+        vip = if vip_on_lo { "ip addr add 10.0.2.100/32 dev lo" } else { "" },
+        check = overlay("agent/usr/lib/piha/apicheck").display(),
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-euc", &script])
+        .env("PATH", PATH)
+        .env("VIP", "10.0.2.100")
+        .env("API_PORT", "6443")
+        .env("APICHECK_CA", pki.path("ca.crt"))
+        .output()
+        .expect("unshare runs");
+    assert!(out.status.success(), "apicheck exits 0 after answering: {}", text(&out));
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn apicheck_answers_200_only_with_the_vip_on_lo_and_a_ready_api_verified_by_the_ca() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for a network namespace");
+        return;
+    }
+    let pki = Pki::new();
+    let unavailable = |answer: &str, why: &str| {
+        assert!(answer.starts_with("HTTP/1.0 503 Service Unavailable\r\n"), "{answer}");
+        let body = answer.split_once("\r\n\r\n").expect("headers end").1;
+        assert_eq!(body.lines().count(), 1, "one line: {answer}");
+        assert!(body.starts_with("not ready: ") && body.contains(why), "{why}: {answer}");
+    };
+
+    let (ok, _) = apicheck(&pki, true, Api::Serving("apiserver"));
+    assert!(ok.starts_with("HTTP/1.0 200 OK\r\n"), "{ok}");
+    assert!(ok.contains("\r\nConnection: close\r\n\r\nready: "), "{ok}");
+
+    let (answer, log) = apicheck(&pki, false, Api::Serving("apiserver"));
+    unavailable(&answer, "the VIP 10.0.2.100 is not on lo");
+    assert!(log.contains("the VIP 10.0.2.100 is not on lo"), "the reason is logged: {log}");
+
+    let (answer, _) = apicheck(&pki, true, Api::Down);
+    unavailable(&answer, "the API server at 127.0.0.1:6443 refuses connections");
+
+    let (answer, _) = apicheck(&pki, true, Api::Serving("other"));
+    unavailable(&answer, "has a certificate that does not verify against");
+
+    let (answer, _) = apicheck(&pki, true, Api::NotReady);
+    unavailable(&answer, "answers /readyz with HTTP/1.1 500 Internal Server Error");
+
+    let started = std::time::Instant::now();
+    let (answer, _) = apicheck(&pki, true, Api::Silent);
+    unavailable(&answer, "did not answer /readyz within 0.8 s");
+    // keepalived gives the whole answer 1 s (connect_timeout); the namespace
+    // setup and the listener's start come on top here.
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+#[test]
+fn apicheck_refuses_a_missing_vip_or_port_with_503() {
+    // No namespace needed: it answers before looking at lo or the network.
+    for (vip, port, why) in [
+        ("", "6443", "VIP='' is not an IPv4 address"),
+        ("10.0.2", "6443", "VIP='10.0.2' is not an IPv4 address"),
+        ("10.0.2.100", "", "API_PORT='' is not a port"),
+        ("10.0.2.100", "06443", "API_PORT='06443' is not a port"),
+        ("10.0.2.100", "644300", "API_PORT='644300' is not a port"),
+    ] {
+        let out = Command::new("sh")
+            .args([
+                "-euc",
+                &format!(
+                    "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | {}",
+                    overlay("agent/usr/lib/piha/apicheck").display()
+                ),
+            ])
+            .env("PATH", PATH)
+            .env("VIP", vip)
+            .env("API_PORT", port)
+            .output()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(answer.starts_with("HTTP/1.0 503 "), "{answer}");
+        assert!(answer.contains(why), "{why}: {answer}");
+    }
 }

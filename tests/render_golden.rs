@@ -238,6 +238,18 @@ fn two_directors_pass_keepalived_t_as_master_and_backup() {
     assert!(lb1.contains("unicast_peer {\n        10.0.2.9\n    }"), "{lb1}");
     assert!(lb2.contains("unicast_peer {\n        10.0.2.10\n    }"), "{lb2}");
     assert_eq!(configs[1].1, "enp0s2");
+    // Connection sync between the pair, on each one's VRRP interface.
+    assert!(lb1.contains(&format!("    lvs_sync_daemon {} piha_api\n", configs[0].1)), "{lb1}");
+    assert!(lb2.contains("    lvs_sync_daemon enp0s2 piha_api\n"), "{lb2}");
+    // Switched off, it still passes keepalived -t, without the line.
+    let cfg = NodeConfig::for_node(&cluster, "lb2", NetworkRenderer::Networkd).expect("node");
+    let choices = keepalived::Choices {
+        sync_daemon: false,
+        ..keepalived::Choices::defaults(&cfg)
+    };
+    let off = keepalived::config_with(&cfg, &choices).expect("renders").expect("director");
+    keepalived_check(&off, "enp0s2");
+    assert!(!off.contains("lvs_sync_daemon"), "{off}");
     for ip in ["10.0.2.11", "10.0.2.12", "10.0.2.13"] {
         assert!(lb2.contains(&format!("real_server {ip} 6443 {{")), "{ip} missing:\n{lb2}");
     }

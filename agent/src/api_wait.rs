@@ -1,11 +1,14 @@
 //! Waiting for a Kubernetes API server to answer.
 //!
-//! "Answers" means a TCP connection to `address:port` is accepted: the same
-//! test the directors' keepalived `TCP_CHECK` uses to put a control plane in
-//! the LVS table, so the agent and the load balancer agree on what "up" is.
-//! No TLS client is needed, and an API endpoint that accepts connections but
-//! is not ready yet makes `kubeadm join` retry on its own (its discovery
-//! retries until its timeout).
+//! "Answers" means a TCP connection to `address:port` is accepted. Through the
+//! VIP that happens only once a director has admitted a control plane, and
+//! the directors admit one only while its health endpoint (piha-apicheck)
+//! reports its API server ready (`/readyz`) and the VIP on its lo; so a
+//! connection through the VIP reaches a ready API server. On 127.0.0.1 (the
+//! init control plane raising its VIP) accepting is all that is needed: the
+//! directors wait for `/readyz` themselves. No TLS client is needed here, and
+//! an API server that is not ready yet makes `kubeadm join` retry on its own
+//! (its discovery retries until its timeout).
 
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::time::Duration;

@@ -1,9 +1,10 @@
 //! director: write keepalived.conf, enable and (re)start keepalived, and
 //! check that the IPVS table shows the virtual server VIP:port.
 //!
-//! The real servers are not required to be in the table yet: keepalived's
-//! TCP health check removes control planes whose API does not answer, and a
-//! director usually boots before them. They are logged for diagnosis.
+//! The real servers are not required to be in the table yet: keepalived adds
+//! a control plane only once its health endpoint (piha-apicheck on
+//! `APICHECK_PORT`) says its API server is ready and it holds the VIP on lo,
+//! and a director usually boots before them. They are logged for diagnosis.
 
 use std::net::SocketAddrV4;
 

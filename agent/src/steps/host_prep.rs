@@ -1,5 +1,5 @@
 //! host-prep: swap off and kept off, kernel modules loaded now and at boot,
-//! the sysctls kubeadm needs, a check that the memory cgroup is enabled, and
+//! the sysctls kubeadm needs (IPVS's on directors), a check that the memory cgroup is enabled, and
 //! time sync (certificates need a correct clock; a Pi has no RTC).
 //!
 //! Idempotent: every command here can run again with the same result, and
@@ -41,7 +41,8 @@ pub fn run(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
             .run(&Cmd::new("modprobe").arg(*module))
             .with_context(|| format!("loading the kernel module {module}"))?;
     }
-    // After the modules: the bridge sysctls exist only once br_netfilter is loaded.
+    // After the modules: the bridge sysctls exist only once br_netfilter is
+    // loaded, a director's net.ipv4.vs.* only once ip_vs is.
     // systemd-sysctl applies every sysctl.d file, as at boot, without needing procps.
     if rendered.iter().any(|f| f.path == SYSCTL_FILE) {
         env.runner
@@ -196,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn a_director_keeps_its_swap_and_loads_ipvs_only() {
+    fn a_director_keeps_its_swap_loads_ipvs_only_and_then_sets_ipvs_sysctls() {
         let s = Scratch::new("lb1");
         s.runner.rec.respond(
             "ipvsadm",
@@ -211,7 +212,11 @@ mod tests {
             !commands.iter().any(|c| c.starts_with("swapoff") || c == "modprobe br_netfilter"),
             "{commands:#?}"
         );
-        assert!(commands.contains(&"modprobe ip_vs".to_string()));
+        // net.ipv4.vs.* exist only once ip_vs is loaded.
+        let ip_vs = s.position("modprobe ip_vs").expect("ip_vs loaded");
+        let sysctl = s.position("systemctl restart systemd-sysctl.service").expect("sysctls applied");
+        assert!(ip_vs < sysctl, "{commands:#?}");
+        assert!(s.read(SYSCTL_FILE).contains("net.ipv4.vs.expire_nodest_conn = 1\n"));
         assert!(s.read("/etc/fstab").contains("\n/swapfile none swap"));
     }
 

@@ -139,6 +139,11 @@ mod tests {
             "VIP only once the local API answers: {commands:#?}"
         );
         assert_eq!(commands.iter().filter(|c| c.contains("piha-realserver")).count(), 1);
+        let check = s
+            .position("systemctl enable --now piha-apicheck.socket")
+            .expect("the health endpoint came up");
+        assert!(vip < check, "the directors' health endpoint with the VIP: {commands:#?}");
+        assert_eq!(commands.iter().filter(|c| c.contains("piha-apicheck")).count(), 1);
 
         for (file, mode) in [
             ("ca.crt", 0o644),
@@ -160,7 +165,7 @@ mod tests {
             s.read(KUBEADM_CONFIG).contains(TOKEN),
             "the card's token goes into InitConfiguration"
         );
-        assert_eq!(s.read(VIP_FILE), "VIP=10.0.2.100\n");
+        assert_eq!(s.read(VIP_FILE), "VIP=10.0.2.100\nAPI_PORT=6443\n");
         assert!(s.state().has_mark("init-control-plane", DONE));
         assert_eq!(s.status().versions.get(CNI_FACT).map(String::as_str), Some("10-flannel.yaml"));
     }

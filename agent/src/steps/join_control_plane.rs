@@ -1,6 +1,7 @@
 //! join-control-plane: place the CAs, wait (without limit) for the cluster's
 //! API at VIP:port, `kubeadm join` with the control-plane config, and only
-//! then bring up the realServer VIP on lo.
+//! then bring up the realServer VIP on lo and the health endpoint through
+//! which the directors admit this node (once its API server is ready).
 //!
 //! The order matters: with the VIP on lo before the
 //! join, this node's own requests to VIP:port would be delivered locally, to
@@ -33,7 +34,13 @@ mod tests {
         let answered = s.position("#probe 10.0.2.100:6443 answers").expect("the VIP was waited for");
         let join = s.position("kubeadm join").expect("joined");
         let vip = s.position("systemctl enable --now piha-realserver.service").expect("VIP up");
-        assert!(answered < join && join < vip, "wait, join, then VIP: {commands:#?}");
+        let check = s
+            .position("systemctl enable --now piha-apicheck.socket")
+            .expect("health endpoint up");
+        assert!(
+            answered < join && join < vip && vip < check,
+            "wait, join, then VIP and health endpoint: {commands:#?}"
+        );
         assert_eq!(commands[join], "kubeadm join --config /etc/piha/kubeadm.yaml");
         assert_eq!(
             commands.iter().filter(|c| c.starts_with("#probe 10.0.2.100:6443 refused")).count(),
@@ -44,7 +51,7 @@ mod tests {
         let secs: Vec<u64> = pauses.iter().map(Duration::as_secs).collect();
         assert_eq!(secs, vec![1, 2, 4, 8, 16, 30, 30, 30, 30]);
         assert_eq!(s.mode("/etc/kubernetes/pki/ca.key"), 0o600);
-        assert_eq!(s.read("/etc/piha/vip.env"), "VIP=10.0.2.100\n");
+        assert_eq!(s.read("/etc/piha/vip.env"), "VIP=10.0.2.100\nAPI_PORT=6443\n");
     }
 
     #[test]
@@ -70,8 +77,10 @@ mod tests {
         let reset = s.position("kubeadm reset -f").unwrap();
         assert!(joins[0] < reset && reset < joins[1]);
         assert!(
-            !commands.iter().any(|c| c.contains("piha-realserver")),
-            "no VIP without a join: {commands:#?}"
+            !commands
+                .iter()
+                .any(|c| c.contains("piha-realserver") || c.contains("piha-apicheck")),
+            "no VIP and no health endpoint without a join: {commands:#?}"
         );
         let status = s.status();
         let step = status.steps.last().unwrap();
@@ -82,5 +91,6 @@ mod tests {
         assert_eq!(s.run(), Ending::Done);
         assert!(s.position("kubeadm reset -f").unwrap() < s.position("kubeadm join").unwrap());
         assert!(s.position("kubeadm join").unwrap() < s.position("systemctl enable --now piha-realserver.service").unwrap());
+        assert!(s.position("kubeadm join").unwrap() < s.position("systemctl enable --now piha-apicheck.socket").unwrap());
     }
 }

@@ -23,7 +23,10 @@ mod tests {
         assert_eq!(s.run(), Ending::Done);
         let commands = s.commands();
         assert!(s.position("#probe 10.0.2.100:6443 answers").unwrap() < s.position("kubeadm join").unwrap());
-        assert!(!commands.iter().any(|c| c.contains("realserver")), "{commands:#?}");
+        assert!(
+            !commands.iter().any(|c| c.contains("realserver") || c.contains("apicheck")),
+            "{commands:#?}"
+        );
         assert!(!s.paths.host("/etc/piha/vip.env").exists());
         assert!(!s.paths.host("/etc/kubernetes/pki").exists(), "a worker gets no CA keys");
         let config = s.read("/etc/piha/kubeadm.yaml");

@@ -37,6 +37,9 @@ pub const DONE: &str = "kubeadm-done";
 
 /// The realServer unit (overlays/agent): VIP/32 on lo plus the ARP sysctls.
 pub const REALSERVER_UNIT: &str = "piha-realserver.service";
+/// The health endpoint the directors check (overlays/agent): 200 only while
+/// the API server is ready and the VIP is on lo.
+pub const APICHECK_UNIT: &str = "piha-apicheck.socket";
 
 /// Where distributions install the kubelet unit.
 const KUBELET_UNITS: [&str; 3] = [
@@ -128,12 +131,18 @@ pub fn command(verb: &str) -> Cmd {
     Cmd::new("kubeadm").args([verb, "--config", KUBEADM_CONFIG])
 }
 
-/// Brings up the realServer: VIP/32 on lo and the ARP sysctls. Enabled, so
-/// it comes back at every boot; `--now` is a no-op when it is already up.
+/// Brings up the realServer: VIP/32 on lo and the ARP sysctls, then the
+/// health endpoint through which the directors admit this node once its API
+/// server is ready. Both enabled, so they come back at every boot; `--now` is
+/// a no-op when they are already up. The endpoint checks the VIP and the API
+/// itself, so its order here only saves the directors a few failed checks.
 pub fn start_realserver(env: &Env) -> anyhow::Result<()> {
     env.runner
         .run(&Cmd::new("systemctl").args(["enable", "--now", REALSERVER_UNIT]))
         .context("bringing up the realServer VIP on lo")?;
+    env.runner
+        .run(&Cmd::new("systemctl").args(["enable", "--now", APICHECK_UNIT]))
+        .context("starting the health endpoint the directors check (piha-apicheck.socket)")?;
     Ok(())
 }
 

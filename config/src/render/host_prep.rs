@@ -33,6 +33,29 @@ pub(crate) const KUBERNETES_SYSCTLS: [(&str, &str); 3] = [
     ("net.ipv4.ip_forward", "1"),
 ];
 
+/// Directors: IPVS's handling of connections whose real server is gone
+/// (<https://docs.kernel.org/networking/ipvs-sysctl.html>).
+///
+/// `expire_nodest_conn=1`: when keepalived removes a control plane, IPVS
+/// expires each connection that was scheduled to it at that connection's next
+/// packet. By default IPVS keeps the entry and silently drops its packets
+/// until the entry times out (15 minutes for an established TCP connection),
+/// so a client with a long connection (a watch, kubectl logs -f) hangs that
+/// long instead of failing at once and reconnecting, to a live control plane.
+///
+/// `expire_quiescent_template=1`: the same for persistence templates when a
+/// real server's weight drops to 0. piha's virtual server uses neither
+/// persistence nor weight 0 today; set so that adding either later cannot pin
+/// clients to a control plane that left the pool.
+///
+/// Both exist only once `ip_vs` is loaded: the agent loads the modules before
+/// applying the sysctls, and at boot systemd-sysctl runs after
+/// systemd-modules-load.
+pub(crate) const DIRECTOR_SYSCTLS: [(&str, &str); 2] = [
+    ("net.ipv4.vs.expire_nodest_conn", "1"),
+    ("net.ipv4.vs.expire_quiescent_template", "1"),
+];
+
 /// The modules this node loads now and at boot.
 pub fn modules(cfg: &NodeConfig) -> &'static [&'static str] {
     match cfg.node.role {
@@ -41,11 +64,12 @@ pub fn modules(cfg: &NodeConfig) -> &'static [&'static str] {
     }
 }
 
-/// The sysctls this node sets (none on directors: LVS-DR needs no forwarding).
+/// The sysctls this node sets (directors: IPVS's only; LVS-DR needs no
+/// forwarding).
 pub(crate) fn sysctls(cfg: &NodeConfig) -> &'static [(&'static str, &'static str)] {
     match cfg.node.role {
         Role::ControlPlane | Role::Worker => &KUBERNETES_SYSCTLS,
-        Role::Director => &[],
+        Role::Director => &DIRECTOR_SYSCTLS,
     }
 }
 
@@ -90,11 +114,16 @@ mod tests {
     }
 
     #[test]
-    fn directors_load_ipvs_only() {
+    fn directors_load_ipvs_only_and_expire_connections_to_removed_servers() {
         let lb = node("lb1", NetworkRenderer::Networkd);
         let m = modules_load(&lb);
         assert!(m.lines().any(|l| l == "ip_vs"));
         assert!(!m.lines().any(|l| l == "br_netfilter" || l == "overlay"));
-        assert_eq!(sysctl(&lb), None);
+        let s = sysctl(&lb).expect("directors set IPVS sysctls");
+        let settings: Vec<&str> = s.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            settings,
+            ["net.ipv4.vs.expire_nodest_conn = 1", "net.ipv4.vs.expire_quiescent_template = 1"]
+        );
     }
 }

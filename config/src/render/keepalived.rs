@@ -1,6 +1,8 @@
 //! keepalived.conf for directors: an LVS-DR `virtual_server VIP:port` over
-//! every control plane with a TCP health check, and a VRRP instance that puts
-//! the VIP on the director's NIC (MASTER/BACKUP when there are two).
+//! every control plane, each checked with an HTTP GET on its health endpoint
+//! ([`APICHECK_PORT`]: 200 only while its API server is ready and it holds the
+//! VIP on `lo`), and a VRRP instance that puts the VIP on the director's NIC
+//! (MASTER/BACKUP when there are two, with IPVS connection sync between them).
 //!
 //! Keywords are keepalived 2.2's (`lvs_sched`/`lvs_method`; the older
 //! `lb_algo`/`lb_kind` are only aliases). Every rendered file is checked with
@@ -12,6 +14,7 @@ use crate::cluster::Role;
 use crate::node::{NetworkRenderer, NodeConfig};
 
 use super::network::MAC_MATCHED_NAME;
+use super::realserver::APICHECK_PORT;
 use super::template::{self, KEEPALIVED};
 use super::{RenderError, check_word, header};
 
@@ -38,10 +41,75 @@ pub(crate) const MASTER_PRIORITY: u8 = 150;
 /// VRRP priority of the BACKUP.
 pub(crate) const BACKUP_PRIORITY: u8 = 100;
 
+/// Seconds between two health checks of a control plane (keepalived's
+/// `delay_loop`, counted from the end of one check to the start of the next).
+pub const CHECK_INTERVAL_SECS: u32 = 2;
+/// How long one check may take to connect, and then to get its answer
+/// (`connect_timeout`). The health endpoint answers within 0.8 s.
+pub const CHECK_TIMEOUT_SECS: u32 = 1;
+/// Checks repeated after a failed one before the control plane leaves the
+/// pool (`retry`): one failure alone (a dropped packet) does not remove it.
+pub const CHECK_RETRIES: u32 = 1;
+/// Pause before such a repeated check (`delay_before_retry`).
+pub const CHECK_RETRY_DELAY_SECS: u32 = 1;
+
+/// The longest time from a control plane failing (API not ready, VIP gone
+/// from `lo`, node dead) to the director removing it from the IPVS table:
+/// the last good check has just ended, so the next starts after
+/// [`CHECK_INTERVAL_SECS`]; it and each of the [`CHECK_RETRIES`] repeats
+/// (each after [`CHECK_RETRY_DELAY_SECS`]) fail within [`CHECK_TIMEOUT_SECS`]
+/// (a dead node: the connect times out; a live one answers 503 at once).
+/// 2 + 1 + 1 + 1 = 5 s. A control plane that answers 503 leaves in about
+/// [`CHECK_INTERVAL_SECS`] + [`CHECK_RETRY_DELAY_SECS`] = 3 s. One that
+/// recovers is back after its next good check, within
+/// [`CHECK_INTERVAL_SECS`] + [`CHECK_TIMEOUT_SECS`].
+pub const WORST_CASE_REMOVAL_SECS: u32 =
+    CHECK_INTERVAL_SECS + (CHECK_RETRIES + 1) * CHECK_TIMEOUT_SECS + CHECK_RETRIES * CHECK_RETRY_DELAY_SECS;
+
+/// The VRRP instance; the sync daemon follows its MASTER/BACKUP state by this
+/// name (`keepalived -t` accepts a name that matches no instance).
+const INSTANCE: &str = "piha_api";
+
+/// The path keepalived asks the health endpoint for. The endpoint answers
+/// every path alike; the name says what it reports.
+pub const CHECK_PATH: &str = "/ready";
+
+/// Whether two directors run IPVS connection sync by default: the MASTER
+/// sends its connection table to the BACKUP, so after a failover the new
+/// MASTER sends established API connections (watches, `kubectl exec`) to the
+/// same control plane instead of resetting them: IPVS schedules only SYNs, so
+/// a mid-stream packet it has no entry for goes to the director's own TCP
+/// stack, which answers with a reset. One director has nobody to sync with.
+/// Whether this matters enough is for the lab to measure; [`Choices`] turns it off.
+pub fn sync_daemon_default(cfg: &NodeConfig) -> bool {
+    cfg.directors().count() == 2
+}
+
+/// What a caller may choose about a director's keepalived.conf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choices {
+    /// The NIC for VRRP, the VIP and the sync daemon.
+    pub interface: String,
+    /// Run IPVS connection sync with the other director (`lvs_sync_daemon`).
+    pub sync_daemon: bool,
+}
+
+impl Choices {
+    /// piha's defaults: [`vrrp_interface`] and [`sync_daemon_default`].
+    pub fn defaults(cfg: &NodeConfig) -> Choices {
+        Choices {
+            interface: vrrp_interface(cfg),
+            sync_daemon: sync_daemon_default(cfg),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Data {
     header: String,
     router_id: String,
+    sync_daemon: bool,
+    instance: &'static str,
     single: bool,
     director_count: usize,
     state: &'static str,
@@ -53,7 +121,20 @@ struct Data {
     vip: String,
     prefix: u8,
     port: u16,
+    check: Check,
     real_servers: Vec<RealServer>,
+}
+
+/// The health check's numbers, for the template.
+#[derive(Serialize)]
+struct Check {
+    port: u16,
+    path: &'static str,
+    interval: u32,
+    timeout: u32,
+    retries: u32,
+    retry_delay: u32,
+    worst_case_removal: u32,
 }
 
 #[derive(Serialize)]
@@ -71,9 +152,20 @@ pub fn config(cfg: &NodeConfig) -> Result<Option<String>, RenderError> {
 /// As [`config`], with VRRP and the VIP on `interface` (e.g. the NIC the agent
 /// found holding the node's address).
 pub fn config_on(cfg: &NodeConfig, interface: &str) -> Result<Option<String>, RenderError> {
+    let choices = Choices {
+        interface: interface.to_string(),
+        ..Choices::defaults(cfg)
+    };
+    config_with(cfg, &choices)
+}
+
+/// As [`config`], with every choice made by the caller (e.g. the lab turning
+/// the sync daemon off to measure what it is worth).
+pub fn config_with(cfg: &NodeConfig, choices: &Choices) -> Result<Option<String>, RenderError> {
     if cfg.node.role != Role::Director {
         return Ok(None);
     }
+    let interface = choices.interface.as_str();
     check_word("node.interface", interface, "a network interface name")?;
     let directors: Vec<_> = cfg.directors().collect();
     let index = directors.iter().position(|d| d.name == cfg.node.name).unwrap_or(0);
@@ -88,6 +180,8 @@ pub fn config_on(cfg: &NodeConfig, interface: &str) -> Result<Option<String>, Re
     let data = Data {
         header: header("#", cfg),
         router_id: cfg.node.name.clone(),
+        sync_daemon: choices.sync_daemon,
+        instance: INSTANCE,
         single: directors.len() <= 1,
         director_count: directors.len(),
         state,
@@ -103,6 +197,15 @@ pub fn config_on(cfg: &NodeConfig, interface: &str) -> Result<Option<String>, Re
         vip: cfg.cluster.vip.to_string(),
         prefix: cfg.node.address.prefix_len(),
         port: cfg.cluster.api_port,
+        check: Check {
+            port: APICHECK_PORT,
+            path: CHECK_PATH,
+            interval: CHECK_INTERVAL_SECS,
+            timeout: CHECK_TIMEOUT_SECS,
+            retries: CHECK_RETRIES,
+            retry_delay: CHECK_RETRY_DELAY_SECS,
+            worst_case_removal: WORST_CASE_REMOVAL_SECS,
+        },
         real_servers: cfg
             .control_planes()
             .map(|p| RealServer {
@@ -119,7 +222,10 @@ mod tests {
     use crate::node::NetworkRenderer;
     use crate::render::testing::node;
 
-    use super::{config, config_on, vrrp_interface};
+    use super::{
+        CHECK_INTERVAL_SECS, CHECK_RETRIES, CHECK_RETRY_DELAY_SECS, CHECK_TIMEOUT_SECS, Choices, WORST_CASE_REMOVAL_SECS, config,
+        config_on, config_with, sync_daemon_default, vrrp_interface,
+    };
 
     #[test]
     fn only_directors_get_keepalived() {
@@ -143,17 +249,48 @@ mod tests {
     }
 
     #[test]
-    fn every_control_plane_is_a_real_server() {
+    fn every_control_plane_is_a_real_server_checked_on_its_health_endpoint() {
         let lb1 = config(&node("lb1", NetworkRenderer::Networkd)).expect("renders").expect("director");
         assert!(
-            lb1.contains("virtual_server 10.1.0.100 6443 {\n    delay_loop 6\n    lvs_sched rr\n    lvs_method DR\n"),
+            lb1.contains("virtual_server 10.1.0.100 6443 {\n    delay_loop 2\n    alpha\n    lvs_sched rr\n    lvs_method DR\n"),
             "{lb1}"
         );
         for ip in ["10.1.0.11", "10.1.0.12"] {
             assert!(lb1.contains(&format!("real_server {ip} 6443 {{\n")), "{ip}:\n{lb1}");
         }
         assert!(!lb1.contains("real_server 10.1.0.21"), "workers are not real servers");
-        assert!(lb1.contains("connect_port 6443\n"));
+        let check = "        HTTP_GET {\n            url {\n                path /ready\n                status_code 200\n            }\n            \
+                     connect_port 6444\n            connect_timeout 1\n            retry 1\n            delay_before_retry 1\n        }\n";
+        assert_eq!(lb1.matches(check).count(), 2, "{lb1}");
+        assert!(!lb1.contains("TCP_CHECK"), "{lb1}");
+        assert!(lb1.contains("Worst case from failure to removal: 5 s"), "{lb1}");
+    }
+
+    #[test]
+    fn worst_case_removal_is_interval_plus_two_timeouts_plus_a_retry_delay() {
+        assert_eq!(
+            (CHECK_INTERVAL_SECS, CHECK_TIMEOUT_SECS, CHECK_RETRIES, CHECK_RETRY_DELAY_SECS),
+            (2, 1, 1, 1)
+        );
+        assert_eq!(WORST_CASE_REMOVAL_SECS, 5);
+    }
+
+    #[test]
+    fn two_directors_sync_connections_unless_told_not_to() {
+        let cfg = node("lb2", NetworkRenderer::Networkd);
+        assert!(sync_daemon_default(&cfg));
+        let on = config(&cfg).expect("renders").expect("director");
+        assert!(
+            on.contains("global_defs {\n    router_id lb2\n") && on.contains("    lvs_sync_daemon eth0 piha_api\n}\n"),
+            "{on}"
+        );
+        let choices = Choices {
+            sync_daemon: false,
+            ..Choices::defaults(&cfg)
+        };
+        let off = config_with(&cfg, &choices).expect("renders").expect("director");
+        assert!(!off.contains("lvs_sync_daemon"), "{off}");
+        assert!(off.contains("global_defs {\n    router_id lb2\n}\n"), "{off}");
     }
 
     #[test]

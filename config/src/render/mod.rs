@@ -12,7 +12,7 @@ pub(crate) mod hosts;
 pub mod keepalived;
 pub mod kubeadm;
 pub mod network;
-pub(crate) mod realserver;
+pub mod realserver;
 pub(crate) mod runtime;
 pub(crate) mod ssh;
 pub(crate) mod template;
@@ -26,7 +26,8 @@ pub use cni::{CNI_DIR, FLANNEL_MANIFEST};
 
 /// The kubeadm configuration (`kubeadm init|join --config`). Holds the token: 0600.
 pub const KUBEADM_CONFIG: &str = "/etc/piha/kubeadm.yaml";
-/// `VIP=<vip>`: read by the realServer unit on control planes.
+/// `VIP=<vip>` and `API_PORT=<port>`: read by the realServer unit and the
+/// health endpoint (piha-apicheck) on control planes.
 pub const VIP_FILE: &str = "/etc/piha/vip.env";
 /// keepalived's configuration on directors.
 pub const KEEPALIVED_CONF: &str = "/etc/keepalived/keepalived.conf";

@@ -3,13 +3,22 @@
 use super::Report;
 use super::network::{check_vip_outside_cluster_subnets, cluster_subnets};
 use crate::cluster::{ClusterFile, Role, VipMode};
+use crate::render::realserver::APICHECK_PORT;
 
-/// Port 0 and VRRP router id 0 are never usable.
+/// Port 0 and VRRP router id 0 are never usable; the API cannot share its
+/// port with the control planes' health endpoint.
 pub(super) fn check_numbers(r: &mut Report, port_path: &str, port: u16, vrid_path: &str, vrid: u8) {
     if port == 0 {
         r.error(
             port_path,
             "port 0 is not a port clients can connect to",
+            "use 6443, kubeadm's default",
+        );
+    }
+    if port == APICHECK_PORT {
+        r.error(
+            port_path,
+            format!("port {APICHECK_PORT} is the control planes' health endpoint (piha-apicheck), which the directors check"),
             "use 6443, kubeadm's default",
         );
     }

@@ -282,6 +282,13 @@ fn port_and_vrrp_id_not_zero() {
 }
 
 #[test]
+fn the_api_port_is_not_the_health_endpoint_port() {
+    let mut c = homelab();
+    c.api.port = 6444;
+    assert_error(&c, "api.port", "health endpoint (piha-apicheck)");
+}
+
+#[test]
 fn even_control_planes_warn_about_quorum() {
     let mut c = homelab();
     c.nodes[3].role = Role::Worker;
