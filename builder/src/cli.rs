@@ -328,9 +328,6 @@ pub struct LabUpOpts {
     /// Use this image instead of building one (for the board its image.json names); repeatable.
     #[arg(long)]
     pub image: Vec<PathBuf>,
-    /// Build the images again even if the lab directory holds matching ones.
-    #[arg(long)]
-    pub rebuild: bool,
     /// QEMU accelerator.
     #[arg(long, value_enum, default_value_t = crate::lab::vm::Accel::Auto)]
     pub accel: crate::lab::vm::Accel,

@@ -35,7 +35,6 @@ fn run_up(o: &LabUpOpts) -> anyhow::Result<()> {
         profile: o.profile,
         as_amd64: o.as_amd64,
         images: o.image.clone(),
-        rebuild: o.rebuild,
         accel: o.accel,
         cpus: o.cpus,
         memory_mib: o.memory,

@@ -96,16 +96,18 @@ impl Lab<'_> {
         &self.state.namespace
     }
 
+    /// `/readyz` at `ip` on the API port, TLS verified against the cluster CA.
+    fn readyz(&self, ip: Ipv4Addr) -> Target {
+        Target::Https {
+            ca: self.ca.clone(),
+            ip,
+            port: self.vip.port(),
+            path: "/readyz".into(),
+        }
+    }
+
     fn vip_prober(&self) -> Prober {
-        Prober::start(
-            self.ns(),
-            Target::Https {
-                ca: self.ca.clone(),
-                ip: *self.vip.ip(),
-                port: self.vip.port(),
-                path: "/readyz".into(),
-            },
-        )
+        Prober::start(self.ns(), self.readyz(*self.vip.ip()))
     }
 
     fn watchers(&self) -> anyhow::Result<Vec<(String, PoolWatcher)>> {
@@ -179,7 +181,7 @@ pub fn check(dir: &LabDir, runner: &dyn Runner) -> anyhow::Result<Vec<Row>> {
 
 fn api_through_vip(lab: &Lab<'_>) -> Row {
     let start = Instant::now();
-    let r = probe::https(lab.runner, lab.ns(), &lab.ca, *lab.vip.ip(), lab.vip.port(), "/readyz");
+    let r = probe::get(lab.runner, lab.ns(), &lab.readyz(*lab.vip.ip()));
     let took = start.elapsed().as_secs_f64();
     let name = format!("API at {}: TLS verified against the cluster CA, /readyz", lab.vip);
     match r {
@@ -225,7 +227,7 @@ fn vip_off_lo(lab: &Lab<'_>, cp: &NodeState) -> anyhow::Result<Row> {
     let limit = Duration::from_secs_f64(removal_limit());
     let out = watchers.iter().all(|(_, w)| w.wait_for(t0, limit + Duration::from_secs(5), |s| !s.contains(&cp.ip)).is_some());
     let removed_after = t0.elapsed().as_secs_f64();
-    let api = probe::https(lab.runner, lab.ns(), &lab.ca, cp.ip, lab.vip.port(), "/readyz");
+    let api = probe::get(lab.runner, lab.ns(), &lab.readyz(cp.ip));
     let t1 = Instant::now();
     lab.ssh(cp, "sudo systemctl start piha-realserver.service")?;
     let back = watchers.iter().all(|(_, w)| w.wait_for(t1, limit + Duration::from_secs(5), |s| s.contains(&cp.ip)).is_some());

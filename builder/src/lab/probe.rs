@@ -4,7 +4,7 @@
 //! statistics of a window of its samples (longest gap, failed requests).
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -18,27 +18,16 @@ use super::net;
 pub const PROBE_PERIOD: Duration = Duration::from_millis(200);
 pub const PROBE_TIMEOUT_SECS: u32 = 1;
 
-/// An HTTPS request from the namespace; `Ok(status)` when TLS verified and
-/// HTTP answered, `Err(curl's message)` otherwise.
-pub fn https(runner: &dyn Runner, namespace: &str, ca: &Path, ip: Ipv4Addr, port: u16, path: &str) -> Result<u16, String> {
-    let url = format!("https://{ip}:{port}{path}");
-    let cmd = Cmd::new("curl").args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"]).arg(ca).args([
-        "--max-time",
-        &PROBE_TIMEOUT_SECS.to_string(),
-        "--connect-timeout",
-        &PROBE_TIMEOUT_SECS.to_string(),
-        &url,
-    ]);
-    status(runner, namespace, cmd)
-}
-
-/// A plain HTTP request from the namespace (the control planes' API check).
-pub fn http(runner: &dyn Runner, namespace: &str, ip: Ipv4Addr, port: u16, path: &str) -> Result<u16, String> {
-    let url = format!("http://{ip}:{port}{path}");
-    let cmd = Cmd::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
-        .arg(PROBE_TIMEOUT_SECS.to_string())
-        .arg(url);
+/// One request from the namespace: `Ok(HTTP status)` when it was answered
+/// (for HTTPS: with TLS verified against the CA for the address asked),
+/// `Err(curl's message)` otherwise.
+pub fn get(runner: &dyn Runner, namespace: &str, target: &Target) -> Result<u16, String> {
+    let timeout = PROBE_TIMEOUT_SECS.to_string();
+    let mut cmd = Cmd::new("curl").args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", &timeout, "--connect-timeout", &timeout]);
+    cmd = match target {
+        Target::Https { ca, ip, port, path } => cmd.arg("--cacert").arg(ca).arg(format!("https://{ip}:{port}{path}")),
+        Target::Http { ip, port, path } => cmd.arg(format!("http://{ip}:{port}{path}")),
+    };
     status(runner, namespace, cmd)
 }
 
@@ -89,10 +78,7 @@ impl Prober {
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 let at = Instant::now();
-                let r = match &target {
-                    Target::Https { ca, ip, port, path } => https(&SystemRunner, &ns, ca, *ip, *port, path),
-                    Target::Http { ip, port, path } => http(&SystemRunner, &ns, *ip, *port, path),
-                };
+                let r = get(&SystemRunner, &ns, &target);
                 v.lock().unwrap_or_else(|e| e.into_inner()).push(Sample { at, ok: r == Ok(200) });
                 if let Some(rest) = PROBE_PERIOD.checked_sub(at.elapsed()) {
                     std::thread::sleep(rest);

@@ -41,7 +41,6 @@ pub struct UpOptions {
     pub as_amd64: bool,
     /// Images to use instead of building: each serves the board its image.json names.
     pub images: Vec<PathBuf>,
-    pub rebuild: bool,
     pub accel: vm::Accel,
     pub cpus: u32,
     pub memory_mib: u32,
@@ -90,7 +89,7 @@ pub fn up(dir: &LabDir, opts: &UpOptions, runner: &dyn Runner) -> anyhow::Result
     for n in &planned {
         stamp::check(identity(&lab_cluster, opts, &n.name))?;
     }
-    let images = images(dir, opts, &cluster, &planned, runner)?;
+    let images = images(dir, opts, &planned, runner)?;
 
     let namespace = dir.namespace();
     let mut state = LabState::new(&std::path::absolute(&opts.cluster)?, &std::path::absolute(&opts.secrets)?, &cluster.name, &namespace);
@@ -165,12 +164,12 @@ fn node_state(dir: &LabDir, opts: &UpOptions, namespace: &str, n: &PlannedNode) 
     }
 }
 
-/// One image per board: given with `--image`, kept in the lab directory from
-/// an earlier `up` of the same profile, distro and piha version, or built now.
+/// One image per board: given with `--image`, or built now into the lab
+/// directory (the root filesystem and the agent come from piha's build cache,
+/// so a build whose inputs did not change takes minutes, not a fresh bootstrap).
 fn images(
     dir: &LabDir,
     opts: &UpOptions,
-    cluster: &ClusterFile,
     planned: &[PlannedNode],
     runner: &dyn Runner,
 ) -> anyhow::Result<BTreeMap<String, PathBuf>> {
@@ -189,28 +188,15 @@ fn images(
         }
         let image = match given.get(&n.board) {
             Some(p) => p.clone(),
-            None => built_image(dir, opts, cluster, &n.board, runner)?,
+            None => built_image(dir, opts, &n.board, runner)?,
         };
         out.insert(n.board.clone(), image);
     }
     Ok(out)
 }
 
-fn built_image(dir: &LabDir, opts: &UpOptions, cluster: &ClusterFile, board: &str, runner: &dyn Runner) -> anyhow::Result<PathBuf> {
+fn built_image(dir: &LabDir, opts: &UpOptions, board: &str, runner: &dyn Runner) -> anyhow::Result<PathBuf> {
     let out = dir.images().join(board);
-    let path = pipeline::image_path(&out, &cluster.name, board);
-    if !opts.rebuild && path.exists() {
-        let info = report::read(&path).ok().and_then(|r| r.image);
-        let same = info.as_ref().is_some_and(|i| {
-            i.profile == Some(opts.profile)
-                && i.distro.as_deref() == Some(cluster.distro.as_str())
-                && i.piha_version.as_deref() == Some(env!("CARGO_PKG_VERSION"))
-        });
-        if same {
-            eprintln!("piha lab: reusing {} (--rebuild builds it again)", path.display());
-            return Ok(path);
-        }
-    }
     eprintln!("piha lab: building the {board} image ({} profile) into {}", opts.profile, out.display());
     let build = Options {
         board: board.to_string(),
@@ -250,7 +236,7 @@ fn prepare_disk(dir: &LabDir, opts: &UpOptions, cluster: &ClusterFile, n: &Plann
 /// NTP server: run inside the namespace by this same binary.
 fn serve_time(dir: &LabDir, cluster: &ClusterFile, namespace: &str) -> anyhow::Result<()> {
     let gateway = cluster.network.gateway.to_string();
-    if !cluster.network.ntp.iter().any(|s| *s == gateway) {
+    if !cluster.network.ntp.contains(&gateway) {
         return Ok(());
     }
     let exe = std::env::current_exe().context("finding this piha binary")?;

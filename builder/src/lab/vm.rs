@@ -124,6 +124,9 @@ pub fn argv(dir: &LabDir, namespace: &str, spec: &Spec<'_>) -> Vec<String> {
         Machine::Arm64Uefi => format!("virtio-net-pci,netdev=n0,mac={}", spec.mac),
     };
     push(&mut a, &["-device", &nic]);
+    // Entropy from the host: without it, six VMs sharing two emulated cores
+    // starve the guests' random pools and ssh-keygen waits minutes at boot.
+    push(&mut a, &["-device", "virtio-rng-pci"]);
     // The console is appended to across power cycles: one log per node.
     push(
         &mut a,
