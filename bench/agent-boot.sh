@@ -2,7 +2,8 @@
 # Benchmark (not a test): how long the first-boot agent takes on a real boot.
 # Builds the amd64 test-profile image of examples/qemu-lab.yaml (rootfs cached
 # in $PIHA_CACHE_DIR), stamps it as the init control plane cp1, boots it under
-# qemu-system-x86_64 with OVMF and TCG, and reports:
+# qemu-system-x86_64 with OVMF and TCG (with the fw_cfg entry that asks the
+# test image to power off once the agent is done), and reports:
 #   - per agent step: wall and CPU milliseconds (from status.json on the card),
 #   - guest time from kernel start to the agent starting and to "done" (the
 #     kernel timestamps on the serial console).
@@ -31,6 +32,7 @@ timeout 1200 qemu-system-x86_64 -accel tcg -nographic -no-reboot -m 1024 -machin
   -drive if=pflash,format=raw,unit=1,file="$work/vars.fd" \
   -drive file="$img",format=raw,if=virtio \
   -netdev user,id=n0,net=10.0.2.0/24 -device virtio-net-pci,netdev=n0,addr=0x2 \
+  -fw_cfg name=opt/piha/poweroff,string=1 \
   -serial file:"$work/console.log" -monitor none >/dev/null 2>&1
 end=$(date +%s.%N)
 

@@ -10,7 +10,10 @@
 //!   `system-boot` partition (what the Pi firmware would load), booted
 //!   directly on `-M virt` as a worker: the same root filesystem a Pi boots,
 //!   on a machine QEMU emulates fully. (How far the card gets on
-//!   `-M raspi4b` is tests/raspi4b's business.)
+//!   `-M raspi4b` is tests/raspi4b's business.) Its join's token discovery
+//!   is real: QEMU's user network forwards the VIP's API port to the test
+//!   overlay's own stand-in API server, run on the host with the lab's CA and
+//!   bootstrap token (`support::lab::ApiServer`).
 //!
 //! Each disk is grown by 1 GiB before its first boot, as flashing onto a card
 //! bigger than the image does, and the root partition and filesystem must have
@@ -34,8 +37,7 @@ use std::time::Duration;
 use support::heavy;
 use support::image::{extract, fat_list, fat_read, table};
 use support::lab::{
-    Lab, api_forward, api_listener, assert_init_control_plane, assert_second_boot, assert_worker_joined, boot_until_poweroff, observed,
-    tail,
+    Lab, api_forward, assert_init_control_plane, assert_second_boot, assert_worker_joined, boot_until_poweroff, observed, tail,
 };
 use support::qemu::{Boot, BootResult, Machine};
 use support::run_ok;
@@ -249,8 +251,13 @@ fn rpi4_root_filesystem_boots_on_virt_with_its_own_kernel_and_joins_as_a_worker(
     b.kernel = Some(pi.kernel);
     b.initrd = Some(pi.initrd);
     b.append = Some(virt_cmdline(&pi.cmdline));
-    b.net_extra.push(api_forward(api_listener()));
+    // Token discovery against the VIP reaches the host's stand-in API
+    // server, set up with this lab's CA and bootstrap token.
+    let api = lab.api_server();
+    b.net_extra.push(api_forward(api.port));
     let r = boot_logged(b, "rpi4 w1 on virt");
+    eprintln!("the host's stand-in API server for w1:\n{}", api.log());
+    drop(api);
     assert_arm64_kernel(&r, "w1");
     // The initrd found the card's root (partition 3 of the virtio disk) by its label.
     assert!(

@@ -2,15 +2,21 @@
 //! the board's shared image (`super::shared`), stamp copies per node, boot them
 //! until the test overlay powers them off, and read back what the node
 //! recorded (`status.json` via `piha status`, `piha-test/observed.env` on
-//! PIHA-CFG, the recording kubeadm's calls in the root filesystem). The
+//! PIHA-CFG, the recording kubeadm's calls in the root filesystem). A node
+//! that joins on its own gets the test overlay's stand-in API server, run on
+//! the host (`ApiServer`), behind the VIP (`api_forward`). The
 //! assertions every board must pass live here too, so amd64 and arm64 prove
 //! the same outcomes with the same code.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tempfile::TempDir;
 
 use super::image::{copy_sparse, ext4_exists, ext4_read, extract, fat_list, fat_read};
 use super::qemu::{Boot, BootResult, boot};
@@ -95,23 +101,133 @@ impl Lab {
     }
 }
 
-/// Serves the API port on 127.0.0.1 for the guest's VIP:6443 (accepts and
-/// closes connections, as the agent only checks that the API answers).
-/// Returns the port for `guestfwd=tcp:10.0.2.100:6443-tcp:127.0.0.1:PORT`.
-pub fn api_listener() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            drop(c);
-        }
-    });
-    port
+/// The node whose rendered kubeadm.yaml the host's stand-in API server is set
+/// up from: `examples/qemu-lab.yaml`'s init control plane.
+const INIT_NODE: &str = "cp1";
+
+/// The stand-in API server the test images run
+/// (`overlays/test/usr/lib/piha/test/apiserver`, the same script), run on the
+/// host for a single-VM boot whose node joins: HTTPS on 127.0.0.1:`port` with
+/// a serving certificate signed by the lab's cluster CA (its SANs include the
+/// VIP, the controlPlaneEndpoint), `/readyz`, and `cluster-info` signed with
+/// the lab's bootstrap token, so the joining stand-in kubeadm's token
+/// discovery through `api_forward(port)` is real. Its root (the CA, the
+/// rendered config, the request log) is a temporary directory in the lab's
+/// directory; dropping the handle stops the server's whole process group
+/// (socat and its forked handlers) and removes the root.
+pub struct ApiServer {
+    pub port: u16,
+    server: Child,
+    root: TempDir,
 }
 
-/// The `guestfwd` option that sends the guest's VIP:6443 to `port` on the host.
+impl Lab {
+    /// Sets up and starts the host's stand-in API server for this lab: the
+    /// lab's `pki/ca.crt` and `ca.key` under `ROOT/etc/kubernetes/pki`, the
+    /// init control plane's kubeadm.yaml from `piha render` with only its
+    /// `bindPort` changed to a free port, `apiserver setup` on that, then
+    /// `apiserver serve` bound to 127.0.0.1. Returns once the port accepts
+    /// connections.
+    pub fn api_server(&self) -> ApiServer {
+        let root = tempfile::Builder::new()
+            .prefix("api-server-")
+            .tempdir_in(&self.dir)
+            .expect("tempdir");
+        let pki = root.path().join("etc/kubernetes/pki");
+        std::fs::create_dir_all(&pki).unwrap_or_else(|e| panic!("creating {}: {e}", pki.display()));
+        for file in ["ca.crt", "ca.key"] {
+            let from = self.dir.join("secrets/pki").join(file);
+            std::fs::copy(&from, pki.join(file)).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+        }
+
+        let rendered = root.path().join("render");
+        run_ok(
+            piha()
+                .arg("render")
+                .arg("--cluster")
+                .arg(&self.cluster)
+                .arg("--node")
+                .arg(INIT_NODE)
+                .arg("--out")
+                .arg(&rendered),
+        );
+        let kubeadm = rendered.join("etc/piha/kubeadm.yaml");
+        let text = std::fs::read_to_string(&kubeadm).unwrap_or_else(|e| panic!("{}: {e}", kubeadm.display()));
+        let bind = format!("bindPort: {}", API_ENDPOINT.rsplit_once(':').expect("VIP:port").1);
+        assert_eq!(
+            text.matches(&bind).count(),
+            1,
+            "{INIT_NODE}'s rendered kubeadm.yaml should hold `{bind}` once:\n{text}"
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port on 127.0.0.1")
+            .port();
+        let config = root.path().join("kubeadm.yaml");
+        std::fs::write(&config, text.replace(&bind, &format!("bindPort: {port}"))).expect("write kubeadm.yaml");
+
+        let script = repo().join("overlays/test/usr/lib/piha/test/apiserver");
+        run_ok(Command::new(&script).arg("setup").arg(&config).env("PIHA_TEST_ROOT", root.path()));
+        let log = root.path().join("serve.log");
+        let stderr = std::fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let server = Command::new(&script)
+            .arg("serve")
+            .env("PIHA_TEST_ROOT", root.path())
+            .env("PIHA_TEST_BIND", "127.0.0.1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} serve: {e}", script.display()));
+        let mut api = ApiServer { port, server, root };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = api.server.try_wait() {
+                panic!("the stand-in API server exited ({status}): {}", api.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the stand-in API server never listened on 127.0.0.1:{port}: {}",
+                api.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        api
+    }
+}
+
+impl ApiServer {
+    /// What the server answered, one line per request (time, peer, method,
+    /// path, status), then its own stderr (socat's errors, TLS handshakes
+    /// that failed): for failure messages.
+    pub fn log(&self) -> String {
+        let read = |rel: &str| std::fs::read_to_string(self.root.path().join(rel)).unwrap_or_default();
+        format!(
+            "requests:\n{}stderr:\n{}",
+            read("var/lib/piha-test/apiserver-requests.log"),
+            read("serve.log")
+        )
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        // The server is its process group's leader (`process_group(0)`).
+        let _ = Command::new("kill").arg("--").arg(format!("-{}", self.server.id())).status();
+        let _ = self.server.wait();
+    }
+}
+
+/// The `guestfwd` option that sends the guest's connections to VIP:6443 to
+/// 127.0.0.1:`port` on the host. Through `cmd:`, which QEMU spawns once per
+/// connection: a chardev target (`-tcp:127.0.0.1:PORT`) is one host
+/// connection opened at QEMU's start and never reopened, so it would carry
+/// only the first of the several connections a join makes (the agent's TCP
+/// probes, then discovery's untrusted and verified TLS fetches). socat's
+/// stdin and stdout are that connection, and so is its stderr, hence `-lf`.
 pub fn api_forward(port: u16) -> String {
-    format!("guestfwd=tcp:{API_ENDPOINT}-tcp:127.0.0.1:{port}")
+    format!("guestfwd=tcp:{API_ENDPOINT}-cmd:socat -lf /dev/null STDIO TCP:127.0.0.1:{port}")
 }
 
 /// Boots `b` and requires the guest to power itself off (the test overlay
@@ -313,8 +429,9 @@ pub fn assert_second_boot(img: &Path, r: &BootResult, node: &str) {
 
 /// What a worker's first boot must leave: done, secrets scrubbed, its static
 /// address (`ifname=cidr` as observed.env lists it), never the VIP nor the CA
-/// key, and one `kubeadm join` with the bootstrap token and the CA hash and
-/// no control-plane section.
+/// key, and one `kubeadm join` that succeeded (the stand-in's token discovery
+/// included), with the bootstrap token and the CA hash and no control-plane
+/// section.
 pub fn assert_worker_joined(lab: &Lab, img: &Path, r: &BootResult, node: &str, address: &str) {
     assert_console_shows_boot(r, node);
     assert_booted(img, node);
@@ -331,6 +448,8 @@ pub fn assert_worker_joined(lab: &Lab, img: &Path, r: &BootResult, node: &str, a
     let calls = kubeadm_calls(&root);
     let joins = calls_of(&calls, "join");
     assert_eq!(joins.len(), 1, "{calls:?}");
+    // The stand-in's token discovery (JWS and CA hash) succeeded.
+    assert_eq!(joins[0]["outcome"], "ok", "{node}: kubeadm join failed: {:#}", joins[0]);
     let config = recorded_config(&root, joins[0]);
     let token = lab.secret("bootstrap-token");
     let hash = lab.secret("ca-cert-hash");
