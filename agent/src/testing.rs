@@ -181,6 +181,7 @@ impl Scratch {
             join_attempts: 2,
             join_pause: Duration::from_secs(60),
             time_sync_tries: 1,
+            system_call: quick,
         };
         Scratch {
             _root: root,

@@ -16,6 +16,7 @@ use piha_runner::Cmd;
 
 use super::{Env, Step, kubeadm};
 use crate::files;
+use crate::retry::retry;
 use crate::state::{NodeIdentity, Store};
 
 pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<()> {
@@ -66,14 +67,10 @@ pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<()>
     // Reload the network only when its file changed: a reload re-applies
     // addresses, which would needlessly flap the link on every boot.
     if changed.iter().any(|p| p == NETWORKD_FILE) {
-        env.runner
-            .run(&Cmd::new("networkctl").arg("reload"))
-            .context("reloading systemd-networkd")?;
+        system_call(env, Cmd::new("networkctl").arg("reload")).context("reloading systemd-networkd")?;
     }
     if changed.iter().any(|p| p == NETPLAN_FILE) {
-        env.runner
-            .run(&Cmd::new("netplan").arg("apply"))
-            .context("applying the netplan configuration")?;
+        system_call(env, Cmd::new("netplan").arg("apply")).context("applying the netplan configuration")?;
     }
 
     store.state.identity = Some(wanted);
@@ -84,6 +81,12 @@ pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<()>
 /// mattered for the first run of the role step, so it does not count.
 fn same_member(a: &NodeIdentity, b: &NodeIdentity) -> bool {
     (&a.cluster, &a.name, a.address, a.role) == (&b.cluster, &b.name, b.address, b.role)
+}
+
+/// A call to a system service, retried per `timings.system_call`: a D-Bus
+/// timeout on a loaded first boot is not a reason to fail the step.
+fn system_call(env: &Env, cmd: Cmd) -> Result<(), piha_runner::RunError> {
+    retry(&cmd.display(), &env.timings.system_call, env.sleeper, || env.runner.run(&cmd).map(drop))
 }
 
 #[cfg(test)]
@@ -121,6 +124,18 @@ mod tests {
         let commands = s.commands();
         assert!(commands.contains(&"hostname cp2".to_string()));
         assert!(commands.contains(&"networkctl reload".to_string()));
+    }
+
+    #[test]
+    fn a_network_reload_that_times_out_is_tried_again() {
+        let s = Scratch::new("cp2");
+        s.runner.rec.respond(
+            "networkctl",
+            Err("Failed to reload network settings: Connection timed out".into()),
+        );
+        assert_eq!(s.run(), Ending::Done);
+        let reloads = s.commands().iter().filter(|c| *c == "networkctl reload").count();
+        assert_eq!(reloads, 2);
     }
 
     #[test]

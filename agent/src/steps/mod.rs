@@ -164,6 +164,10 @@ pub struct Timings {
     pub join_pause: Duration,
     /// `chronyc waitsync` tries, 2 s apart, after configuring time sync.
     pub time_sync_tries: u32,
+    /// Calls to system services over D-Bus (`networkctl reload`, `netplan
+    /// apply`): on a machine busy with its first boot they can time out
+    /// (D-Bus waits 25 s) and succeed a moment later.
+    pub system_call: Backoff,
 }
 
 impl Default for Timings {
@@ -179,6 +183,7 @@ impl Default for Timings {
             join_attempts: 3,
             join_pause: s(60),
             time_sync_tries: 15,
+            system_call: Backoff::new(s(2), s(10), Some(4)),
         }
     }
 }

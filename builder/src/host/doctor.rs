@@ -288,6 +288,10 @@ pub fn all_checks(runner: &dyn Runner) -> Vec<Check> {
             "apt-get install keepalived",
         ),
         ("openssl", "openssl", &["version"], Need::Tests, "apt-get install openssl"),
+        // `piha lab`: the namespace, bridge and taps; ssh to the nodes; the single-VM tests' API forward.
+        ("ip", "ip", &["-V"], Need::Tests, "apt-get install iproute2"),
+        ("ssh", "ssh", &["-V"], Need::Tests, "apt-get install openssh-client"),
+        ("socat", "socat", &["-V"], Need::Tests, "apt-get install socat"),
         ("bmaptool", "bmaptool", &["--version"], Need::Tests, "apt-get install bmap-tools"),
         (
             "fdtput",

@@ -34,6 +34,8 @@ use super::{net, ssh, vm};
 
 /// How long a VM may take to boot and its agent to settle in a check.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long the check waits for the pools to admit every control plane that is up.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Probing goes on this long after the event a window measures.
 const SETTLE: Duration = Duration::from_secs(3);
 /// Longest gap allowed while VRRP moves the VIP: 3 missed adverts of 1 s
@@ -163,6 +165,7 @@ pub fn check(dir: &LabDir, runner: &dyn Runner) -> anyhow::Result<Vec<Row>> {
         ca: state.secrets.join(secrets::CA_CRT.rel),
         vip: SocketAddrV4::new(state.vip, state.api_port),
     };
+    settle(&lab);
     let mut rows = vec![api_through_vip(&lab)];
     rows.extend(pools(&lab)?);
     let cps: Vec<&NodeState> = state.of_role(Role::ControlPlane).collect();
@@ -188,6 +191,22 @@ fn api_through_vip(lab: &Lab<'_>) -> Row {
         Ok(200) => Row::new(name, true, format!("200 in {took:.2} s")).seconds(took),
         Ok(code) => Row::new(name, false, format!("HTTP {code}")),
         Err(e) => Row::new(name, false, e),
+    }
+}
+
+/// Gives the directors up to [`SETTLE_TIMEOUT`] to admit every control
+/// plane that is up: `up` returns when the agents are done, and a director
+/// admits a control plane only after its next passing check.
+fn settle(lab: &Lab<'_>) {
+    let expected = lab.up_control_planes();
+    let settled = || {
+        lab.state.of_role(Role::Director).all(|d| {
+            lab.ssh(d, "sudo ipvsadm -Ln")
+                .is_ok_and(|listing| super::watch::servers(&listing, lab.vip) == expected)
+        })
+    };
+    if wait_until(SETTLE_TIMEOUT, settled).is_none() {
+        log::warn!("the directors' pools did not settle within {} s", SETTLE_TIMEOUT.as_secs());
     }
 }
 

@@ -88,7 +88,7 @@ pub fn lab_cluster(cluster: &ClusterFile, lab_key: &str, as_amd64: bool) -> Clus
 
 /// The host tools and firmware the lab's VMs need, missing ones named.
 pub fn missing_tools(nodes: &[PlannedNode]) -> Vec<String> {
-    let mut needed: BTreeSet<String> = ["ip", "ssh", "ssh-keygen", "curl"].iter().map(|s| s.to_string()).collect();
+    let mut needed: BTreeSet<String> = ["ip", "ssh", "ssh-keygen", "curl", "openssl"].iter().map(|s| s.to_string()).collect();
     let mut files = BTreeSet::new();
     for n in nodes {
         needed.insert(n.machine.program().to_string());
