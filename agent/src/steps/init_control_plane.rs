@@ -140,7 +140,7 @@ mod tests {
         );
         assert_eq!(commands.iter().filter(|c| c.contains("piha-realserver")).count(), 1);
         let check = s
-            .position("systemctl enable --now piha-apicheck.socket")
+            .position("systemctl enable --now piha-apicheck.service")
             .expect("the health endpoint came up");
         assert!(vip < check, "the directors' health endpoint with the VIP: {commands:#?}");
         assert_eq!(commands.iter().filter(|c| c.contains("piha-apicheck")).count(), 1);

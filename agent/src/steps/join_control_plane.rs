@@ -35,7 +35,7 @@ mod tests {
         let join = s.position("kubeadm join").expect("joined");
         let vip = s.position("systemctl enable --now piha-realserver.service").expect("VIP up");
         let check = s
-            .position("systemctl enable --now piha-apicheck.socket")
+            .position("systemctl enable --now piha-apicheck.service")
             .expect("health endpoint up");
         assert!(
             answered < join && join < vip && vip < check,
@@ -91,6 +91,6 @@ mod tests {
         assert_eq!(s.run(), Ending::Done);
         assert!(s.position("kubeadm reset -f").unwrap() < s.position("kubeadm join").unwrap());
         assert!(s.position("kubeadm join").unwrap() < s.position("systemctl enable --now piha-realserver.service").unwrap());
-        assert!(s.position("kubeadm join").unwrap() < s.position("systemctl enable --now piha-apicheck.socket").unwrap());
+        assert!(s.position("kubeadm join").unwrap() < s.position("systemctl enable --now piha-apicheck.service").unwrap());
     }
 }

@@ -39,7 +39,7 @@ pub const DONE: &str = "kubeadm-done";
 pub const REALSERVER_UNIT: &str = "piha-realserver.service";
 /// The health endpoint the directors check (overlays/agent): 200 only while
 /// the API server is ready and the VIP is on lo.
-pub const APICHECK_UNIT: &str = "piha-apicheck.socket";
+pub const APICHECK_UNIT: &str = "piha-apicheck.service";
 
 /// Where distributions install the kubelet unit.
 const KUBELET_UNITS: [&str; 3] = [
@@ -142,7 +142,7 @@ pub fn start_realserver(env: &Env) -> anyhow::Result<()> {
         .context("bringing up the realServer VIP on lo")?;
     env.runner
         .run(&Cmd::new("systemctl").args(["enable", "--now", APICHECK_UNIT]))
-        .context("starting the health endpoint the directors check (piha-apicheck.socket)")?;
+        .context("starting the health endpoint the directors check (piha-apicheck.service)")?;
     Ok(())
 }
 

@@ -185,7 +185,7 @@ mod tests {
         let err = node_config(&cluster(), Path::new("c.yaml"), "cp9", "debian-bookworm")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("\"cp9\"") && err.contains("lb1, cp1, cp2, cp3, w1"), "{err}");
+        assert!(err.contains("\"cp9\"") && err.contains("lb1, lb2, cp1, cp2, cp3, w1"), "{err}");
     }
 
     #[test]

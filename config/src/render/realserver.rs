@@ -7,14 +7,14 @@
 //! node's own API server answers (after `kubeadm join` on a joining control
 //! plane, or the join would talk to itself through `lo`).
 //!
-//! The health endpoint (`piha-apicheck.socket`, also in `overlays/`) reads the
+//! The health endpoint (`piha-apicheck.service`, also in `overlays/`) reads the
 //! same file: it answers the directors' keepalived 200 only while `VIP/32` is
 //! on `lo` and the API server on `API_PORT` is ready.
 
 use crate::cluster::Role;
 use crate::node::NodeConfig;
 
-/// The TCP port of every control plane's health endpoint (piha-apicheck.socket
+/// The TCP port of every control plane's health endpoint (piha-apicheck.service
 /// listens on it, the directors' keepalived checks it). Outside the ports
 /// Kubernetes uses (6443, 2379-2380, 10248-10260, NodePorts 30000-32767) and
 /// haproxy's frontend (8443); validation refuses it as `api.port`.
