@@ -14,9 +14,9 @@ use piha_config::render::{self, KEEPALIVED_CONF, keepalived};
 use piha_runner::Cmd;
 
 use super::Env;
-use piha_config::ipvs;
 use crate::files;
 use crate::retry::retry;
+use piha_config::ipvs;
 
 const SERVICE: &str = "keepalived.service";
 

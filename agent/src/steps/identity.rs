@@ -86,7 +86,9 @@ fn same_member(a: &NodeIdentity, b: &NodeIdentity) -> bool {
 /// A call to a system service, retried per `timings.system_call`: a D-Bus
 /// timeout on a loaded first boot is not a reason to fail the step.
 fn system_call(env: &Env, cmd: Cmd) -> Result<(), piha_runner::RunError> {
-    retry(&cmd.display(), &env.timings.system_call, env.sleeper, || env.runner.run(&cmd).map(drop))
+    retry(&cmd.display(), &env.timings.system_call, env.sleeper, || {
+        env.runner.run(&cmd).map(drop)
+    })
 }
 
 #[cfg(test)]
@@ -129,10 +131,9 @@ mod tests {
     #[test]
     fn a_network_reload_that_times_out_is_tried_again() {
         let s = Scratch::new("cp2");
-        s.runner.rec.respond(
-            "networkctl",
-            Err("Failed to reload network settings: Connection timed out".into()),
-        );
+        s.runner
+            .rec
+            .respond("networkctl", Err("Failed to reload network settings: Connection timed out".into()));
         assert_eq!(s.run(), Ending::Done);
         let reloads = s.commands().iter().filter(|c| *c == "networkctl reload").count();
         assert_eq!(reloads, 2);

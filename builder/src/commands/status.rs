@@ -7,8 +7,8 @@ use anyhow::{Context, bail};
 use piha_config::node::{CONFIG_LABEL, NODE_FILE, NodeConfig};
 use piha_config::status::{STATUS_FILE, Status, StepRecord};
 
-use crate::cli::StatusOpts;
 use crate::card::report;
+use crate::cli::StatusOpts;
 
 /// Said when the card has no status.json.
 pub const NOT_BOOTED: &str = "no status.json: the node has not booted with this card yet";

@@ -30,9 +30,20 @@ impl Removed {
         format!(
             "stopped {} VM(s){}{}, removed {}",
             self.vms.len(),
-            if self.vms.is_empty() { String::new() } else { format!(" ({})", self.vms.join(", ")) },
-            if self.processes > 0 { format!(" and {} other process(es)", self.processes) } else { String::new() },
-            self.namespace.as_deref().map(|n| format!("namespace {n} with its bridge and taps")).unwrap_or_else(|| "no namespace".into())
+            if self.vms.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.vms.join(", "))
+            },
+            if self.processes > 0 {
+                format!(" and {} other process(es)", self.processes)
+            } else {
+                String::new()
+            },
+            self.namespace
+                .as_deref()
+                .map(|n| format!("namespace {n} with its bridge and taps"))
+                .unwrap_or_else(|| "no namespace".into())
         )
     }
 }

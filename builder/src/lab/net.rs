@@ -14,7 +14,9 @@ pub const BRIDGE: &str = "br0";
 
 /// `cmd` run inside `namespace`.
 pub fn exec(namespace: &str, cmd: Cmd) -> Cmd {
-    let mut inner = Cmd::new("ip").args(["netns", "exec", namespace, cmd.program.as_str()]).args(cmd.args);
+    let mut inner = Cmd::new("ip")
+        .args(["netns", "exec", namespace, cmd.program.as_str()])
+        .args(cmd.args);
     inner.env = cmd.env;
     inner.stdin = cmd.stdin;
     inner
@@ -85,7 +87,10 @@ mod tests {
         create(&r, "piha-lab-x", Ipv4Addr::new(10, 0, 2, 2), 24, &["tap0".into(), "tap1".into()]).unwrap();
         let lines = r.command_lines();
         assert_eq!(lines[0], "ip netns add piha-lab-x");
-        assert!(lines.contains(&"ip netns exec piha-lab-x ip addr add 10.0.2.2/24 dev br0".to_string()), "{lines:?}");
+        assert!(
+            lines.contains(&"ip netns exec piha-lab-x ip addr add 10.0.2.2/24 dev br0".to_string()),
+            "{lines:?}"
+        );
         assert!(lines.contains(&"ip netns exec piha-lab-x ip link set tap1 master br0".to_string()));
         // No veth, no route: nothing leads out of the namespace.
         assert!(!lines.iter().any(|l| l.contains("veth") || l.contains("route")), "{lines:?}");

@@ -79,7 +79,10 @@ fn last_step(s: &Status) -> String {
 
 /// The node table as `up` and `status` print it.
 pub fn table(rows: &[NodeRow]) -> String {
-    let mut out = format!("{:<12} {:<14} {:<15} {:<8} {:<15} {:>5}  {}\n", "NODE", "ROLE", "IP", "VM", "AGENT", "BOOTS", "STEP");
+    let mut out = format!(
+        "{:<12} {:<14} {:<15} {:<8} {:<15} {:>5}  {}\n",
+        "NODE", "ROLE", "IP", "VM", "AGENT", "BOOTS", "STEP"
+    );
     for r in rows {
         out.push_str(&format!(
             "{:<12} {:<14} {:<15} {:<8} {:<15} {:>5}  {}\n",

@@ -88,7 +88,10 @@ pub fn lab_cluster(cluster: &ClusterFile, lab_key: &str, as_amd64: bool) -> Clus
 
 /// The host tools and firmware the lab's VMs need, missing ones named.
 pub fn missing_tools(nodes: &[PlannedNode]) -> Vec<String> {
-    let mut needed: BTreeSet<String> = ["ip", "ssh", "ssh-keygen", "curl", "openssl"].iter().map(|s| s.to_string()).collect();
+    let mut needed: BTreeSet<String> = ["ip", "ssh", "ssh-keygen", "curl", "openssl"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let mut files = BTreeSet::new();
     for n in nodes {
         needed.insert(n.machine.program().to_string());
@@ -123,7 +126,10 @@ mod tests {
         );
         for (i, b) in boards.iter().enumerate() {
             let role = if i == 0 { "director" } else { "control-plane" };
-            text.push_str(&format!("  - {{name: n{i}, board: {b}, role: {role}, ip: 10.0.2.{}, interface: eth0}}\n", 10 + i));
+            text.push_str(&format!(
+                "  - {{name: n{i}, board: {b}, role: {role}, ip: 10.0.2.{}, interface: eth0}}\n",
+                10 + i
+            ));
         }
         ClusterFile::parse(Path::new("c.yaml"), &text).expect("parses")
     }
@@ -138,8 +144,13 @@ mod tests {
 
     #[test]
     fn a_pi_is_refused_naming_the_node_and_the_amd64_rehearsal() {
-        let err = plan(&cluster(&["amd64", "rpi4", "rpi5"]), Path::new("c.yaml"), false).unwrap_err().to_string();
-        assert!(err.starts_with("c.yaml: the lab has no VM for n1 (board rpi4), n2 (board rpi5)"), "{err}");
+        let err = plan(&cluster(&["amd64", "rpi4", "rpi5"]), Path::new("c.yaml"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("c.yaml: the lab has no VM for n1 (board rpi4), n2 (board rpi5)"),
+            "{err}"
+        );
         assert!(err.contains("--as-amd64"), "{err}");
         let p = plan(&cluster(&["amd64", "rpi4"]), Path::new("c.yaml"), true).unwrap();
         assert!(p.iter().all(|n| n.machine == Machine::Amd64Uefi && n.board == "amd64"));

@@ -23,7 +23,17 @@ pub const PROBE_TIMEOUT_SECS: u32 = 1;
 /// `Err(curl's message)` otherwise.
 pub fn get(runner: &dyn Runner, namespace: &str, target: &Target) -> Result<u16, String> {
     let timeout = PROBE_TIMEOUT_SECS.to_string();
-    let mut cmd = Cmd::new("curl").args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", &timeout, "--connect-timeout", &timeout]);
+    let mut cmd = Cmd::new("curl").args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        &timeout,
+        "--connect-timeout",
+        &timeout,
+    ]);
     cmd = match target {
         Target::Https { ca, ip, port, path } => cmd.arg("--cacert").arg(ca).arg(format!("https://{ip}:{port}{path}")),
         Target::Http { ip, port, path } => cmd.arg(format!("http://{ip}:{port}{path}")),
@@ -33,7 +43,11 @@ pub fn get(runner: &dyn Runner, namespace: &str, target: &Target) -> Result<u16,
 
 fn status(runner: &dyn Runner, namespace: &str, cmd: Cmd) -> Result<u16, String> {
     match runner.run(&net::exec(namespace, cmd)) {
-        Ok(o) => o.stdout_str().trim().parse().map_err(|_| format!("curl printed {:?}", o.stdout_str())),
+        Ok(o) => o
+            .stdout_str()
+            .trim()
+            .parse()
+            .map_err(|_| format!("curl printed {:?}", o.stdout_str())),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -65,7 +79,12 @@ pub struct Prober {
 #[derive(Debug, Clone)]
 pub enum Target {
     /// HTTPS `path` at ip:port, TLS verified against `ca`; 200 is success.
-    Https { ca: PathBuf, ip: Ipv4Addr, port: u16, path: String },
+    Https {
+        ca: PathBuf,
+        ip: Ipv4Addr,
+        port: u16,
+        path: String,
+    },
     /// Plain HTTP; 200 is success.
     Http { ip: Ipv4Addr, port: u16, path: String },
 }
@@ -143,8 +162,18 @@ mod tests {
     #[test]
     fn the_longest_gap_is_between_successes() {
         let t0 = Instant::now();
-        let at = |ms: u64, ok: bool| Sample { at: t0 + Duration::from_millis(ms), ok };
-        let s = [at(0, true), at(200, true), at(400, false), at(600, false), at(1400, true), at(1600, true)];
+        let at = |ms: u64, ok: bool| Sample {
+            at: t0 + Duration::from_millis(ms),
+            ok,
+        };
+        let s = [
+            at(0, true),
+            at(200, true),
+            at(400, false),
+            at(600, false),
+            at(1400, true),
+            at(1600, true),
+        ];
         let w = window(&s, t0, t0 + Duration::from_millis(1600));
         assert_eq!(w.requests, 6);
         assert_eq!(w.failed, 2);
@@ -154,7 +183,10 @@ mod tests {
     #[test]
     fn a_window_without_success_is_one_gap() {
         let t0 = Instant::now();
-        let s = [Sample { at: t0 + Duration::from_millis(100), ok: false }];
+        let s = [Sample {
+            at: t0 + Duration::from_millis(100),
+            ok: false,
+        }];
         let w = window(&s, t0, t0 + Duration::from_secs(3));
         assert_eq!((w.failed, w.longest_gap), (1, 3.0));
     }

@@ -25,7 +25,11 @@ pub fn ensure_key(runner: &dyn Runner, dir: &LabDir) -> anyhow::Result<String> {
         piha_atomic::create_dirs(parent, piha_atomic::Perm::root(0o700)).with_context(|| format!("creating {}", parent.display()))?;
         let _ = std::fs::remove_file(&key);
         runner
-            .run(&Cmd::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "piha-lab", "-f"]).arg(&key))
+            .run(
+                &Cmd::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C", "piha-lab", "-f"])
+                    .arg(&key),
+            )
             .context("making the lab's SSH key")?;
     }
     let text = std::fs::read_to_string(&public).with_context(|| format!("reading {}", public.display()))?;

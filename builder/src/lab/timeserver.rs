@@ -115,7 +115,10 @@ mod tests {
         let mut buf = [0u8; 48];
         client.recv_from(&mut buf).unwrap();
         let secs = u64::from_be_bytes(buf[40..48].try_into().unwrap()) >> 32;
-        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         assert!(secs.abs_diff(unix + NTP_UNIX_OFFSET) <= 2, "{secs}");
     }
 }

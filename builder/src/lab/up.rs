@@ -65,11 +65,15 @@ pub fn up(dir: &LabDir, opts: &UpOptions, runner: &dyn Runner) -> anyhow::Result
             missing.join(", ")
         );
     }
-    piha_atomic::create_dirs(dir.root(), piha_atomic::Perm::root(0o755))
-        .with_context(|| format!("creating {}", dir.root().display()))?;
+    piha_atomic::create_dirs(dir.root(), piha_atomic::Perm::root(0o755)).with_context(|| format!("creating {}", dir.root().display()))?;
     let _lock = lock(dir)?;
     if let Some(old) = LabState::load(dir)? {
-        let running: Vec<&str> = old.nodes.iter().filter(|n| vm::running(dir, &n.name)).map(|n| n.name.as_str()).collect();
+        let running: Vec<&str> = old
+            .nodes
+            .iter()
+            .filter(|n| vm::running(dir, &n.name))
+            .map(|n| n.name.as_str())
+            .collect();
         if old.complete && !running.is_empty() {
             bail!(
                 "a lab already runs in {} (cluster {}, namespace {}, VMs running: {}); take it down first: piha lab down --dir {}",
@@ -92,7 +96,12 @@ pub fn up(dir: &LabDir, opts: &UpOptions, runner: &dyn Runner) -> anyhow::Result
     let images = images(dir, opts, &planned, runner)?;
 
     let namespace = dir.namespace();
-    let mut state = LabState::new(&std::path::absolute(&opts.cluster)?, &std::path::absolute(&opts.secrets)?, &cluster.name, &namespace);
+    let mut state = LabState::new(
+        &std::path::absolute(&opts.cluster)?,
+        &std::path::absolute(&opts.secrets)?,
+        &cluster.name,
+        &namespace,
+    );
     state.vip = cluster.api.vip;
     state.api_port = cluster.api.port;
     state.gateway = cluster.network.gateway;
@@ -167,18 +176,18 @@ fn node_state(dir: &LabDir, opts: &UpOptions, namespace: &str, n: &PlannedNode) 
 /// One image per board: given with `--image`, or built now into the lab
 /// directory (the root filesystem and the agent come from piha's build cache,
 /// so a build whose inputs did not change takes minutes, not a fresh bootstrap).
-fn images(
-    dir: &LabDir,
-    opts: &UpOptions,
-    planned: &[PlannedNode],
-    runner: &dyn Runner,
-) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+fn images(dir: &LabDir, opts: &UpOptions, planned: &[PlannedNode], runner: &dyn Runner) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let mut given = BTreeMap::new();
     for path in &opts.images {
-        let info = report::read(path)?
-            .image
-            .with_context(|| format!("{} has no image.json on its PIHA-CFG partition: is it an image built by `piha build`?", path.display()))?;
-        let board = info.board.with_context(|| format!("{}: image.json names no board", path.display()))?;
+        let info = report::read(path)?.image.with_context(|| {
+            format!(
+                "{} has no image.json on its PIHA-CFG partition: is it an image built by `piha build`?",
+                path.display()
+            )
+        })?;
+        let board = info
+            .board
+            .with_context(|| format!("{}: image.json names no board", path.display()))?;
         given.insert(board, path.clone());
     }
     let mut out = BTreeMap::new();
@@ -197,7 +206,11 @@ fn images(
 
 fn built_image(dir: &LabDir, opts: &UpOptions, board: &str, runner: &dyn Runner) -> anyhow::Result<PathBuf> {
     let out = dir.images().join(board);
-    eprintln!("piha lab: building the {board} image ({} profile) into {}", opts.profile, out.display());
+    eprintln!(
+        "piha lab: building the {board} image ({} profile) into {}",
+        opts.profile,
+        out.display()
+    );
     let build = Options {
         board: board.to_string(),
         distro: None,
@@ -257,7 +270,14 @@ fn wait_settled(dir: &LabDir, state: &LabState, started: Instant, timeout: Durat
         for r in &rows {
             let now = format!("{} {} {}", r.vm, r.phase, r.step);
             if seen.get(&r.name) != Some(&now) {
-                eprintln!("[{:>5.0}s] {:<10} vm {}, agent {} {}", started.elapsed().as_secs_f64(), r.name, r.vm, r.phase, r.step);
+                eprintln!(
+                    "[{:>5.0}s] {:<10} vm {}, agent {} {}",
+                    started.elapsed().as_secs_f64(),
+                    r.name,
+                    r.vm,
+                    r.phase,
+                    r.step
+                );
                 seen.insert(r.name.clone(), now);
             }
         }

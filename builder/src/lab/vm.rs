@@ -67,9 +67,16 @@ impl Accel {
         match self {
             Accel::Auto => {
                 let nested = std::fs::read_to_string("/proc/cpuinfo")
-                    .map(|c| c.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "hypervisor")))
+                    .map(|c| {
+                        c.lines()
+                            .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "hypervisor"))
+                    })
                     .unwrap_or(true);
-                if Path::new("/dev/kvm").exists() && !nested { Accel::Kvm } else { Accel::Tcg }
+                if Path::new("/dev/kvm").exists() && !nested {
+                    Accel::Kvm
+                } else {
+                    Accel::Tcg
+                }
             }
             other => other,
         }
@@ -100,7 +107,13 @@ pub struct Spec<'a> {
 pub fn argv(dir: &LabDir, namespace: &str, spec: &Spec<'_>) -> Vec<String> {
     let name = spec.name;
     let (code, _) = spec.machine.firmware();
-    let mut a: Vec<String> = vec!["ip".into(), "netns".into(), "exec".into(), namespace.into(), spec.machine.program().into()];
+    let mut a: Vec<String> = vec![
+        "ip".into(),
+        "netns".into(),
+        "exec".into(),
+        namespace.into(),
+        spec.machine.program().into(),
+    ];
     let push = |a: &mut Vec<String>, items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&mut a, &["-name", name, "-accel", spec.accel.for_machine(spec.machine)]);
     match spec.machine {
@@ -111,9 +124,15 @@ pub fn argv(dir: &LabDir, namespace: &str, spec: &Spec<'_>) -> Vec<String> {
     push(&mut a, &["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={code}")]);
     push(
         &mut a,
-        &["-drive", &format!("if=pflash,format=raw,unit=1,file={}", dir.firmware_vars(name).display())],
+        &[
+            "-drive",
+            &format!("if=pflash,format=raw,unit=1,file={}", dir.firmware_vars(name).display()),
+        ],
     );
-    push(&mut a, &["-drive", &format!("file={},format=raw,if=virtio", dir.disk(name).display())]);
+    push(
+        &mut a,
+        &["-drive", &format!("file={},format=raw,if=virtio", dir.disk(name).display())],
+    );
     push(
         &mut a,
         &["-netdev", &format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap)],
@@ -146,7 +165,9 @@ pub fn argv(dir: &LabDir, namespace: &str, spec: &Spec<'_>) -> Vec<String> {
 /// Powers the VM on with its recorded command line. QEMU daemonizes once the
 /// VM runs, so an error (a missing tap, a bad disk) is returned here.
 pub fn power_on(runner: &dyn Runner, argv: &[String]) -> anyhow::Result<()> {
-    let Some((program, args)) = argv.split_first() else { bail!("empty QEMU command line") };
+    let Some((program, args)) = argv.split_first() else {
+        bail!("empty QEMU command line")
+    };
     runner.run(&Cmd::new(program.as_str()).args(args)).context("starting QEMU")?;
     Ok(())
 }
@@ -279,7 +300,10 @@ mod tests {
             mac: "52:54:00:00:00:01",
         };
         let a = argv(&dir, "piha-lab-1", &spec).join(" ");
-        assert!(a.starts_with("ip netns exec piha-lab-1 qemu-system-x86_64 -name cp1 -accel tcg -machine q35"), "{a}");
+        assert!(
+            a.starts_with("ip netns exec piha-lab-1 qemu-system-x86_64 -name cp1 -accel tcg -machine q35"),
+            "{a}"
+        );
         assert!(a.contains("-netdev tap,id=n0,ifname=tap1,script=no,downscript=no"), "{a}");
         assert!(a.contains("virtio-net-pci,netdev=n0,addr=0x2,mac=52:54:00:00:00:01"), "{a}");
         assert!(a.contains("file,id=console,path=/l/nodes/cp1/console.log,append=on"), "{a}");
