@@ -320,6 +320,13 @@ fn poweroff_only_when_qemu_asks_through_fw_cfg() {
     // What `-fw_cfg name=opt/piha/poweroff,string=1` shows the guest.
     std::fs::write(entry.join("raw"), "1").unwrap();
     assert!(run().ends_with("\npoweroff\n"));
+    // Or, without fw_cfg (raspi4b), the kernel command line.
+    std::fs::write(entry.join("raw"), "0").unwrap();
+    std::fs::create_dir_all(root.path().join("proc")).unwrap();
+    std::fs::write(root.path().join("proc/cmdline"), "console=ttyAMA0 piha.test-poweroff=10\n").unwrap();
+    assert!(!run().contains("\npoweroff\n"), "only the exact word counts");
+    std::fs::write(root.path().join("proc/cmdline"), "console=ttyAMA0 piha.test-poweroff=1 rw\n").unwrap();
+    assert!(run().ends_with("\npoweroff\n"));
 }
 
 // ---- The stand-in API server and token discovery --------------------------

@@ -526,8 +526,10 @@ fn boots_on_qemu_raspi4b_from_its_own_boot_partition() {
     vm.dtb = Some(patched);
     // The PL011 (ttyAMA0) is QEMU's first serial port; the mini UART that
     // cmdline.txt names (ttyS1) storms interrupts under QEMU (README.md).
+    // piha.test-poweroff=1: raspi4b has no fw_cfg to ask the test overlay to
+    // power off once the agent is done.
     vm.append = Some(format!(
-        "console=ttyAMA0,115200 earlycon=pl011,mmio32,0xfe201000 root=LABEL={} rootwait rw",
+        "console=ttyAMA0,115200 earlycon=pl011,mmio32,0xfe201000 root=LABEL={} rootwait rw piha.test-poweroff=1",
         board("rpi4")["partitions"]["root"]["label"].as_str().expect("root label")
     ));
     vm.timeout = Duration::from_secs(1200);
