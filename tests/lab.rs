@@ -7,6 +7,10 @@
 //! stand-in (DESIGN.md, "What is real in tests here").
 //!
 //! The refusals that come before any VM are tested without booting anything.
+//!
+//! The cluster test is `#[ignore]`d until it has passed here within the CI
+//! budget (six TCG VMs on two cores take 15 minutes to bring up): run it with
+//! `cargo test --test lab -- --ignored`.
 
 // Tests run the binaries under test and the host tools that check their
 // output directly, as a user's shell would; clippy.toml's ban on
@@ -100,6 +104,7 @@ fn up_killed_half_way(cluster: &Path, lab: &Path, image: &Path) {
 }
 
 #[test]
+#[ignore = "not yet in scripts/test: it has not passed on this machine within the CI budget (issue 11 is open); run it with `cargo test --test lab -- --ignored`"]
 fn lab_up_check_down_on_the_qemu_lab_cluster() {
     let _g = heavy();
     let image = shared_build("amd64").image.clone();
