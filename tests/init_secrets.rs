@@ -219,7 +219,7 @@ fn invalid_cluster_file_writes_nothing() {
     assert!(!out.status.success());
     let msg = text(&out);
     assert!(
-        msg.contains("nodes[2].ip: 10.0.2.11 is also the address of nodes[1] (cp1)") && msg.contains("nothing was written"),
+        msg.contains("nodes[3].ip: 10.0.2.11 is also the address of nodes[2] (cp1)") && msg.contains("nothing was written"),
         "{msg}"
     );
     assert_eq!(snapshot(tmp.path()), before);
