@@ -42,7 +42,11 @@ fn workdir(name: &str) -> (PathBuf, PathBuf) {
 
 fn fails(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run piha");
-    assert!(!out.status.success(), "{cmd:?} should have failed:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "{cmd:?} should have failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -74,7 +78,14 @@ fn ssh(lab: &Path, ns: &str, ip: &str, command: &str) -> String {
         Command::new("ip")
             .args(["netns", "exec", ns, "ssh", "-F", "/dev/null", "-i"])
             .arg(lab.join("ssh/id_ed25519"))
-            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
             .args(["-o", "LogLevel=ERROR", &format!("piha@{ip}"), command]),
     )
 }
@@ -141,10 +152,21 @@ fn lab_up_check_down_on_the_qemu_lab_cluster() {
     }
 
     // Bad input while it runs, refused with nothing touched.
-    let err = fails(piha().args(["lab", "up", "--cluster"]).arg(&cluster).arg("--dir").arg(&lab).arg("--image").arg(&image));
+    let err = fails(
+        piha()
+            .args(["lab", "up", "--cluster"])
+            .arg(&cluster)
+            .arg("--dir")
+            .arg(&lab)
+            .arg("--image")
+            .arg(&image),
+    );
     assert!(err.contains("a lab already runs in") && err.contains("piha lab down"), "{err}");
     let err = fails(piha().args(["lab", "stop", "cp9", "--dir"]).arg(&lab));
-    assert!(err.contains("no node `cp9`") && err.contains("lb1, lb2, cp1, cp2, cp3, w1"), "{err}");
+    assert!(
+        err.contains("no node `cp9`") && err.contains("lb1, lb2, cp1, cp2, cp3, w1"),
+        "{err}"
+    );
 
     // The joining control planes found the API through the VIP by real token
     // discovery (the stand-in checks the JWS and the CA hash; a mismatch fails the join).
@@ -157,11 +179,21 @@ fn lab_up_check_down_on_the_qemu_lab_cluster() {
         .arg(&lab)
         .output()
         .expect("piha lab check");
-    eprintln!("piha lab check: {:.0} s\n{}", start.elapsed().as_secs_f64(), String::from_utf8_lossy(&out.stderr));
-    let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("check JSON: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    eprintln!(
+        "piha lab check: {:.0} s\n{}",
+        start.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("check JSON: {e}: {}", String::from_utf8_lossy(&out.stdout)));
     let rows = rows.as_array().expect("rows").clone();
     for r in &rows {
-        eprintln!("{} {} | {}", if r["ok"] == true { "ok  " } else { "FAIL" }, r["check"], r["measured"]);
+        eprintln!(
+            "{} {} | {}",
+            if r["ok"] == true { "ok  " } else { "FAIL" },
+            r["check"],
+            r["measured"]
+        );
     }
     let row = |prefix: &str| -> &Value {
         rows.iter()
@@ -201,11 +233,16 @@ fn lab_up_check_down_on_the_qemu_lab_cluster() {
 #[test]
 fn a_board_without_a_vm_is_refused_before_anything_is_made() {
     let (dir, cluster) = workdir("rpi4");
-    let text = std::fs::read_to_string(&cluster).unwrap().replacen("board: amd64", "board: rpi4", 1);
+    let text = std::fs::read_to_string(&cluster)
+        .unwrap()
+        .replacen("board: amd64", "board: rpi4", 1);
     std::fs::write(&cluster, text).unwrap();
     let lab = dir.join("lab");
     let err = fails(piha().args(["lab", "up", "--cluster"]).arg(&cluster).arg("--dir").arg(&lab));
-    assert!(err.contains("the lab has no VM for lb1 (board rpi4)") && err.contains("--as-amd64"), "{err}");
+    assert!(
+        err.contains("the lab has no VM for lb1 (board rpi4)") && err.contains("--as-amd64"),
+        "{err}"
+    );
     assert!(!lab.exists(), "the refused up created {}", lab.display());
     assert!(!dir.join("secrets").exists(), "the refused up made secrets");
 }
@@ -242,4 +279,3 @@ fn commands_on_a_directory_without_a_lab_say_how_to_start_one() {
     let out = run_ok(piha().args(["lab", "down", "--dir"]).arg(dir.join("nothing")));
     assert!(out.contains("nothing was running"), "{out}");
 }
-

@@ -114,7 +114,8 @@ pub fn up(dir: &LabDir, opts: &UpOptions, runner: &dyn Runner) -> anyhow::Result
     serve_time(dir, &cluster, &namespace)?;
     let started = Instant::now();
     for n in &planned {
-        prepare_disk(dir, opts, &lab_cluster, n, &images[&n.board])?;
+        copy_disk(runner, dir, n, &images[&n.board])?;
+        prepare_disk(dir, opts, &lab_cluster, n)?;
         vm::power_on(runner, &state.node(&n.name)?.argv).with_context(|| format!("powering on {}", n.name))?;
         eprintln!("piha lab: {} powered on ({}, {})", n.name, n.ip, n.machine.program());
     }
@@ -225,16 +226,26 @@ fn built_image(dir: &LabDir, opts: &UpOptions, board: &str, runner: &dyn Runner)
     Ok(pipeline::build(&build, runner, &Progress::auto())?.image)
 }
 
-/// A sparse copy of the board's image, grown for growroot, stamped for the
-/// node through the same library as `piha stamp`, and its firmware variables.
-fn prepare_disk(dir: &LabDir, opts: &UpOptions, cluster: &ClusterFile, n: &PlannedNode, image: &Path) -> anyhow::Result<()> {
+/// The node's directory with a sparse copy of the board's image as its disk.
+fn copy_disk(runner: &dyn Runner, dir: &LabDir, n: &PlannedNode, image: &Path) -> anyhow::Result<()> {
     let node_dir = dir.node(&n.name);
     piha_atomic::create_dirs(&node_dir, piha_atomic::Perm::root(0o755)).with_context(|| format!("creating {}", node_dir.display()))?;
-    let disk = dir.disk(&n.name);
     let _ = std::fs::remove_file(dir.console(&n.name));
-    piha_runner::SystemRunner
-        .run(&Cmd::new("cp").args(["--sparse=always", "--reflink=auto"]).arg(image).arg(&disk))
+    runner
+        .run(
+            &Cmd::new("cp")
+                .args(["--sparse=always", "--reflink=auto"])
+                .arg(image)
+                .arg(dir.disk(&n.name)),
+        )
         .with_context(|| format!("copying {} for {}", image.display(), n.name))?;
+    Ok(())
+}
+
+/// The node's disk grown for growroot, stamped for the node through the same
+/// library as `piha stamp`, and its firmware variables.
+fn prepare_disk(dir: &LabDir, opts: &UpOptions, cluster: &ClusterFile, n: &PlannedNode) -> anyhow::Result<()> {
+    let disk = dir.disk(&n.name);
     let f = std::fs::OpenOptions::new().write(true).open(&disk)?;
     let len = f.metadata()?.len();
     f.set_len(len + opts.disk_grow_mib * 1024 * 1024)?;
