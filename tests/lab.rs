@@ -90,15 +90,21 @@ fn ssh(lab: &Path, ns: &str, ip: &str, command: &str) -> String {
     )
 }
 
-/// Starts `piha lab up` and kills it (SIGKILL) once its first VM is powered on.
-fn up_killed_half_way(cluster: &Path, lab: &Path, image: &Path) {
-    let mut child = piha()
-        .args(["lab", "up", "--cluster"])
+/// `piha lab up` of `cluster` in `lab`, booting `image`.
+fn lab_up(cluster: &Path, lab: &Path, image: &Path) -> Command {
+    let mut c = piha();
+    c.args(["lab", "up", "--cluster"])
         .arg(cluster)
         .arg("--dir")
         .arg(lab)
         .arg("--image")
-        .arg(image)
+        .arg(image);
+    c
+}
+
+/// Starts `piha lab up` and kills it (SIGKILL) once its first VM is powered on.
+fn up_killed_half_way(cluster: &Path, lab: &Path, image: &Path) {
+    let mut child = lab_up(cluster, lab, image)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -130,16 +136,7 @@ fn lab_up_check_down_on_the_qemu_lab_cluster() {
 
     // ... which the next `up` finds and cleans before it starts over.
     let start = Instant::now();
-    let out = run_ok(
-        piha()
-            .args(["lab", "up", "--cluster"])
-            .arg(&cluster)
-            .arg("--dir")
-            .arg(&lab)
-            .arg("--image")
-            .arg(&image)
-            .args(["--timeout", "25"]),
-    );
+    let out = run_ok(lab_up(&cluster, &lab, &image).args(["--timeout", "25"]));
     eprintln!("piha lab up: {:.0} s\n{out}", start.elapsed().as_secs_f64());
     let status: Value = serde_json::from_str(&run_ok(piha().args(["lab", "status", "--json", "--dir"]).arg(&lab))).expect("status JSON");
     let rows = status.as_array().expect("rows");
@@ -152,15 +149,7 @@ fn lab_up_check_down_on_the_qemu_lab_cluster() {
     }
 
     // Bad input while it runs, refused with nothing touched.
-    let err = fails(
-        piha()
-            .args(["lab", "up", "--cluster"])
-            .arg(&cluster)
-            .arg("--dir")
-            .arg(&lab)
-            .arg("--image")
-            .arg(&image),
-    );
+    let err = fails(&mut lab_up(&cluster, &lab, &image));
     assert!(err.contains("a lab already runs in") && err.contains("piha lab down"), "{err}");
     let err = fails(piha().args(["lab", "stop", "cp9", "--dir"]).arg(&lab));
     assert!(
