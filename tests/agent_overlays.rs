@@ -236,7 +236,7 @@ fn units_pass_systemd_analyze_verify() {
     copy_tree(Path::new("/usr/lib/systemd/system"), &units);
     copy_tree(&overlay("agent"), root.path());
     copy_tree(&overlay("test"), root.path());
-    for exe in ["usr/bin/piha-agent", "usr/bin/systemctl", "usr/bin/socat", "bin/true"] {
+    for exe in ["usr/bin/piha-agent", "usr/bin/systemctl", "usr/bin/socat", "bin/true", "bin/sh"] {
         let p = root.path().join(exe);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, "#!/bin/sh\n").unwrap();
@@ -768,6 +768,12 @@ fn join_does_token_discovery_and_fails_loudly_on_a_mismatch() {
         lab_config("w1", port, Some(&[other])),
         &["DISCOVERY FAILED", "CA HASH MISMATCH", &pin, other],
     );
+    // The right token and CA, but a name the serving certificate does not
+    // carry (localhost reaches the same listener): the second, verified look fails.
+    mismatch(
+        lab_config("w1", port, Some(&[&pin])).replace(&format!("127.0.0.1:{port}"), &format!("localhost:{port}")),
+        &["DISCOVERY FAILED", "TLS MISMATCH", "localhost", "hostname mismatch"],
+    );
 
     // Nothing listening: retried, then given up with the reason.
     let out = kubeadm_config(
@@ -942,7 +948,9 @@ fn the_apicheck_service_listens_on_the_port_keepalived_checks() {
     let exec = service.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
     let port = piha_config::render::realserver::APICHECK_PORT;
     assert!(
-        exec.contains(&format!(" TCP-LISTEN:{port},")) && exec.ends_with(" EXEC:/usr/lib/piha/apicheck"),
+        exec.contains(&format!(" TCP-LISTEN:{port},"))
+            && exec.contains(" EXEC:/usr/lib/piha/apicheck'")
+            && exec.contains("'/usr/lib/piha/apicheck poll & exec /usr/bin/socat "),
         "{exec}"
     );
     assert!(service.contains("\nEnvironmentFile=/etc/piha/vip.env\n"), "{service}");
@@ -1161,4 +1169,70 @@ fn apicheck_refuses_a_missing_vip_or_port_with_503() {
         assert!(answer.starts_with("HTTP/1.0 503 "), "{answer}");
         assert!(answer.contains(why), "{why}: {answer}");
     }
+}
+
+#[test]
+fn apicheck_answers_from_the_pollers_verdict_and_fails_closed_when_it_goes_stale() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for a network namespace");
+        return;
+    }
+    let pki = Pki::new();
+    let cache = tempfile::tempdir().unwrap();
+    // In a fresh network namespace (loopback only): the poller against a
+    // serving API, then against none, then a verdict nobody refreshes.
+    let script = format!(
+        r#"ip link set lo up
+ip addr add 10.0.2.100/32 dev lo
+ask() {{ printf 'GET /ready HTTP/1.0\r\n\r\n' | {check} | tail -n 1; }}
+wait_verdict() {{ for _ in $(seq 100); do grep -q "$1" {cache}/verdict 2>/dev/null && return; sleep 0.1; done; echo "no verdict $1"; exit 1; }}
+openssl s_server -quiet -www -accept 127.0.0.1:6443 -cert {dir}/apiserver.crt -key {dir}/apiserver.key >/dev/null 2>&1 &
+api=$!
+for _ in $(seq 50); do ss -ltn | grep -qF 127.0.0.1:6443 && break; sleep 0.1; done
+{check} poll 2>{cache}/poll.log &
+poller=$!
+trap 'kill $api $poller 2>/dev/null || true' EXIT
+wait_verdict ' ok$'
+echo "serving: $(ask)"
+kill $api
+wait_verdict 'refuses connections'
+echo "down: $(ask)"
+kill $poller
+read -r up _ </proc/uptime
+echo "$((${{up%.*}} - 20)) ok" >{cache}/verdict
+echo "stale: $(ask)"
+"#,
+        check = overlay("agent/usr/lib/piha/apicheck").display(),
+        cache = cache.path().display(),
+        dir = pki.dir.path().display(),
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-euc", &script])
+        .env("PATH", PATH)
+        .env("VIP", "10.0.2.100")
+        .env("API_PORT", "6443")
+        .env("APICHECK_CA", pki.path("ca.crt"))
+        .env("APICHECK_CACHE", cache.path())
+        .output()
+        .expect("unshare runs");
+    let stdout = text(&out);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("serving: ready: the VIP 10.0.2.100 is on lo"), "{stdout}");
+    assert!(
+        stdout.contains("down: not ready: the API server at 127.0.0.1:6443 refuses connections"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("stale: not ready: the API server was last checked 2") && stdout.contains("apicheck poll is stuck or gone"),
+        "{stdout}"
+    );
+    let log = std::fs::read_to_string(cache.path().join("poll.log")).unwrap();
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        [
+            "apicheck: the API server is ready",
+            "apicheck: not ready: the API server at 127.0.0.1:6443 refuses connections (not running)"
+        ],
+        "one line per change of verdict"
+    );
 }

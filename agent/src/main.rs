@@ -22,6 +22,7 @@ mod state;
 mod steps;
 #[cfg(test)]
 mod testing;
+mod units;
 
 use std::process::ExitCode;
 

@@ -16,6 +16,7 @@ use piha_runner::Cmd;
 use super::Env;
 use crate::files;
 use crate::retry::retry;
+use crate::units;
 use piha_config::ipvs;
 
 const SERVICE: &str = "keepalived.service";
@@ -38,12 +39,10 @@ pub fn run(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
     env.runner
         .run(&Cmd::new("keepalived").args(["--config-test", "-f", KEEPALIVED_CONF]))
         .with_context(|| format!("keepalived rejects {KEEPALIVED_CONF}"))?;
-    env.runner
-        .run(&Cmd::new("systemctl").args(["enable", "--now", SERVICE]))
-        .context("starting keepalived")?;
+    env.runner.run(&units::enable_now(SERVICE)).context("starting keepalived")?;
     if !changed.is_empty() {
         env.runner
-            .run(&Cmd::new("systemctl").args(["restart", SERVICE]))
+            .run(&units::restart(SERVICE))
             .context("restarting keepalived with the new configuration")?;
     }
 

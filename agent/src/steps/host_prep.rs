@@ -14,6 +14,7 @@ use piha_runner::Cmd;
 use super::Env;
 use crate::files;
 use crate::paths::Paths;
+use crate::units;
 use piha_atomic::{self as atomic, Perm};
 
 /// zram-generator's own config; an empty file in /etc turns zram swap off.
@@ -46,17 +47,15 @@ pub fn run(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
     // systemd-sysctl applies every sysctl.d file, as at boot, without needing procps.
     if rendered.iter().any(|f| f.path == SYSCTL_FILE) {
         env.runner
-            .run(&Cmd::new("systemctl").args(["restart", "systemd-sysctl.service"]))
+            .run(&units::restart("systemd-sysctl.service"))
             .context("applying the sysctls")?;
     }
 
     if rendered.iter().any(|f| f.path == CHRONY_SOURCES) {
         if changed.iter().any(|p| p == CHRONY_SOURCES) {
+            env.runner.run(&units::enable("chrony.service")).context("enabling chrony")?;
             env.runner
-                .run(&Cmd::new("systemctl").args(["enable", "chrony.service"]))
-                .context("enabling chrony")?;
-            env.runner
-                .run(&Cmd::new("systemctl").args(["restart", "chrony.service"]))
+                .run(&units::restart("chrony.service"))
                 .context("restarting chrony with the cluster's NTP servers")?;
         }
         wait_for_time_sync(env);
@@ -70,7 +69,7 @@ pub fn run(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
 fn swap_off(env: &Env) -> anyhow::Result<()> {
     env.runner.run(&Cmd::new("swapoff").arg("-a")).context("turning swap off")?;
     env.runner
-        .run(&Cmd::new("systemctl").args(["mask", "swap.target"]))
+        .run(&units::mask("swap.target"))
         .context("masking swap.target so swap stays off")?;
     comment_out_swap(env.paths)?;
     if env.paths.host(ZRAM_GENERATOR).exists() {
@@ -169,7 +168,7 @@ mod tests {
         let commands = s.commands();
         for want in [
             "swapoff -a",
-            "systemctl mask swap.target",
+            "systemctl mask swap.target --no-reload",
             "modprobe br_netfilter",
             "modprobe overlay",
             "modprobe ip_vs",

@@ -30,6 +30,7 @@ use crate::config_partition;
 use crate::files;
 use crate::paths::{ADMIN_CONF, KUBERNETES_DIR, PKI_DIR};
 use crate::state::Store;
+use crate::units;
 use piha_atomic::{self as atomic, Perm};
 
 pub const STARTED: &str = "kubeadm-started";
@@ -63,9 +64,7 @@ pub fn write_role_files(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
 /// kubelet (its recording kubeadm stands in), hence "if installed".
 pub fn enable_kubelet(env: &Env) -> anyhow::Result<()> {
     if KUBELET_UNITS.iter().any(|u| env.paths.host(u).exists()) {
-        env.runner
-            .run(&Cmd::new("systemctl").args(["enable", "kubelet.service"]))
-            .context("enabling the kubelet")?;
+        env.runner.run(&units::enable("kubelet.service")).context("enabling the kubelet")?;
     } else {
         log::warn!("kubelet.service is not installed; not enabling it (only the test profile lacks it)");
     }
@@ -138,10 +137,10 @@ pub fn command(verb: &str) -> Cmd {
 /// itself, so its order here only saves the directors a few failed checks.
 pub fn start_realserver(env: &Env) -> anyhow::Result<()> {
     env.runner
-        .run(&Cmd::new("systemctl").args(["enable", "--now", REALSERVER_UNIT]))
+        .run(&units::enable_now(REALSERVER_UNIT))
         .context("bringing up the realServer VIP on lo")?;
     env.runner
-        .run(&Cmd::new("systemctl").args(["enable", "--now", APICHECK_UNIT]))
+        .run(&units::enable_now(APICHECK_UNIT))
         .context("starting the health endpoint the directors check (piha-apicheck.service)")?;
     Ok(())
 }

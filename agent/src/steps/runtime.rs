@@ -9,11 +9,11 @@ use std::os::unix::fs::FileTypeExt;
 use anyhow::Context;
 use piha_config::node::NodeConfig;
 use piha_config::render;
-use piha_runner::Cmd;
 
 use super::Env;
 use crate::files;
 use crate::retry::retry;
+use crate::units;
 
 pub fn run(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
     let runtime = cfg.cluster.runtime;
@@ -21,12 +21,12 @@ pub fn run(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
     let changed = files::apply(env.paths, &rendered)?;
     let service = runtime.service();
     env.runner
-        .run(&Cmd::new("systemctl").args(["enable", "--now", service]))
+        .run(&units::enable_now(service))
         .with_context(|| format!("starting {service}"))?;
     if !changed.is_empty() {
         // It may have been running with the packaged defaults since boot.
         env.runner
-            .run(&Cmd::new("systemctl").args(["restart", service]))
+            .run(&units::restart(service))
             .with_context(|| format!("restarting {service} with the new configuration"))?;
     }
     let socket = env.paths.host(runtime.socket_path());

@@ -22,5 +22,8 @@ is_ipv4() {
 
 # Whether $VIP is on lo as /32, as the realServer puts it there.
 vip_on_lo() {
-	ip -o -4 addr show dev lo | grep -qF " inet $VIP/32 "
+	case "$(ip -o -4 addr show dev lo)" in
+	*" inet $VIP/32 "*) return 0 ;;
+	*) return 1 ;;
+	esac
 }

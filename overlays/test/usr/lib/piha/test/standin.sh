@@ -158,7 +158,7 @@ fetch() {
 		set -- "$@" -CAfile "$fetch_ca" -verify_return_error
 	fi
 	printf 'GET %s HTTP/1.0\r\nHost: %s\r\nAccept: application/json\r\nUser-Agent: piha-test-kubeadm\r\n\r\n' "$fetch_path" "$fetch_to" |
-		timeout 10 openssl s_client -quiet -noservername -connect "$fetch_to" "$@" 2>/dev/null
+		timeout 10 openssl s_client -quiet -noservername -connect "$fetch_to" "$@" 2>"${fetch_err:-/dev/null}"
 }
 
 # http_status / http_body <RESPONSE: the status code; the body.
@@ -238,12 +238,31 @@ discover() {
 
 	# kubeadm's second look: the same cluster-info, now over TLS that only
 	# this CA can vouch for, with the endpoint's address in the certificate.
-	if ! fetch "$endpoint" "$path" "$d_tmp/ca.crt" >"$d_tmp/response2" ||
-		! http_body <"$d_tmp/response2" | json_get kubeconfig >"$d_tmp/kubeconfig2" ||
-		! cmp -s "$d_tmp/kubeconfig" "$d_tmp/kubeconfig2"; then
-		rm -rf "$d_tmp"
-		die "kubeadm join: DISCOVERY FAILED: TLS MISMATCH: $endpoint's serving certificate does not verify against the discovered cluster CA for ${endpoint%:*} (or it served a different cluster-info over verified TLS)"
-	fi
+	# Tried again, as kubeadm does, while nothing answers (a director may have
+	# just dropped the server that answered the first look); a certificate
+	# that does not verify, or a different cluster-info, fails at once.
+	while :; do
+		if fetch_err="$d_tmp/tls2" fetch "$endpoint" "$path" "$d_tmp/ca.crt" >"$d_tmp/response2" &&
+			[ "$(http_status <"$d_tmp/response2")" = 200 ]; then
+			if http_body <"$d_tmp/response2" | json_get kubeconfig >"$d_tmp/kubeconfig2" &&
+				cmp -s "$d_tmp/kubeconfig" "$d_tmp/kubeconfig2"; then
+				break
+			fi
+			rm -rf "$d_tmp"
+			die "kubeadm join: DISCOVERY FAILED: $endpoint served a different cluster-info over TLS verified by the discovered cluster CA"
+		fi
+		if grep -q 'verify' "$d_tmp/tls2"; then
+			why=$(grep -m 1 'verify' "$d_tmp/tls2")
+			rm -rf "$d_tmp"
+			die "kubeadm join: DISCOVERY FAILED: TLS MISMATCH: $endpoint's serving certificate does not verify against the discovered cluster CA for ${endpoint%:*} ($why)"
+		fi
+		if [ "$(date +%s)" -ge "$deadline" ]; then
+			rm -rf "$d_tmp"
+			die "kubeadm join: DISCOVERY FAILED: no verified answer from $endpoint within ${PIHA_TEST_DISCOVERY_TIMEOUT:-300} s"
+		fi
+		echo "kubeadm join: no verified answer from $endpoint yet; trying again in $interval s" >&2
+		sleep "$interval"
+	done
 	mkdir -p "$(dirname "$2")"
 	cp "$d_tmp/ca.crt" "$2"
 	rm -rf "$d_tmp"
