@@ -137,8 +137,18 @@ fn lab_up_check_down_on_the_qemu_lab_cluster() {
 
     // ... which the next `up` finds and cleans before it starts over.
     let start = Instant::now();
-    let out = run_ok(lab_up(&cluster, &lab, &image).args(["--timeout", "25"]));
-    eprintln!("piha lab up: {:.0} s\n{out}", start.elapsed().as_secs_f64());
+    let up = lab_up(&cluster, &lab, &image)
+        .args(["--timeout", "25"])
+        .output()
+        .expect("piha lab up");
+    // Its progress lines are the lab's timeline: printed whatever happens.
+    eprintln!(
+        "piha lab up: {:.0} s\n{}{}",
+        start.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&up.stderr),
+        String::from_utf8_lossy(&up.stdout)
+    );
+    assert!(up.status.success(), "piha lab up failed (its output above)");
     let status: Value = serde_json::from_str(&run_ok(piha().args(["lab", "status", "--json", "--dir"]).arg(&lab))).expect("status JSON");
     let rows = status.as_array().expect("rows");
     let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();

@@ -183,19 +183,29 @@ pub fn check(dir: &LabDir, runner: &dyn Runner) -> anyhow::Result<Vec<Row>> {
     };
     settle(&lab);
     let mut rows = vec![api_through_vip(&lab)];
-    rows.extend(pools(&lab)?);
+    rows.extend(or_failed_row("the directors' pools", pools(&lab)));
     let cps: Vec<&NodeState> = state.of_role(Role::ControlPlane).collect();
     if let Some(last) = cps.last() {
-        rows.push(vip_off_lo(&lab, last)?);
+        let what = format!("{}: VIP off lo", last.name);
+        rows.extend(or_failed_row(&what, vip_off_lo(&lab, last).map(|r| vec![r])));
     }
     if let Some(first) = cps.first() {
-        rows.extend(stop_and_start_control_plane(&lab, first)?);
+        let what = format!("stop and start {}", first.name);
+        rows.extend(or_failed_row(&what, stop_and_start_control_plane(&lab, first)));
     }
     let directors: Vec<&NodeState> = state.of_role(Role::Director).collect();
     if let [master, backup] = directors.as_slice() {
-        rows.extend(director_failover(&lab, master, backup)?);
+        let what = format!("power cut {} (MASTER)", master.name);
+        rows.extend(or_failed_row(&what, director_failover(&lab, master, backup)));
     }
     Ok(rows)
+}
+
+/// A part of the check that could not be carried out (a node did not answer
+/// over ssh, a watcher could not start) is one failed row saying why; the
+/// rows after it still run.
+fn or_failed_row(what: &str, rows: anyhow::Result<Vec<Row>>) -> Vec<Row> {
+    rows.unwrap_or_else(|e| vec![Row::new(format!("{what}: could not be run"), false, format!("{e:#}"))])
 }
 
 fn api_through_vip(lab: &Lab<'_>) -> Row {
@@ -487,4 +497,26 @@ pub fn table(rows: &[Row]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_that_cannot_run_is_one_failed_row_with_the_reason() {
+        let err = Err(anyhow::anyhow!("ssh: connect to host 10.0.2.13 port 22: timed out"))
+            .context("running `sudo systemctl stop piha-realserver.service` on 10.0.2.13 over ssh");
+        let rows = or_failed_row("cp3: VIP off lo", err);
+        assert_eq!(rows.len(), 1);
+        assert!(!rows[0].ok);
+        assert_eq!(rows[0].check, "cp3: VIP off lo: could not be run");
+        assert_eq!(
+            rows[0].measured,
+            "running `sudo systemctl stop piha-realserver.service` on 10.0.2.13 over ssh: ssh: connect to host 10.0.2.13 port 22: timed out"
+        );
+        let fine = or_failed_row("pools", Ok(vec![Row::new("lb1: pool", true, "10.0.2.11")]));
+        assert_eq!(fine.len(), 1);
+        assert!(fine[0].ok);
+    }
 }

@@ -50,8 +50,10 @@ pub fn command(dir: &LabDir, namespace: &str, ip: Ipv4Addr, command: &str) -> Cm
             "UserKnownHostsFile=/dev/null",
             "-o",
             "LogLevel=ERROR",
+            // Up to the end of the key exchange: an emulated VM sharing a
+            // loaded host with five others took more than 5 s to get there.
             "-o",
-            "ConnectTimeout=5",
+            "ConnectTimeout=20",
             "-o",
             "ServerAliveInterval=5",
             "-o",
