@@ -325,6 +325,9 @@ pub struct LabUpOpts {
     /// Boot every node as an amd64 VM whatever its board: a fast rehearsal of the cluster rather than the boards.
     #[arg(long)]
     pub as_amd64: bool,
+    /// Boot only these nodes (comma-separated names), e.g. to rehearse part of a big cluster; it must include the init control plane and, in lvs-dr mode, a director.
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub nodes: Vec<String>,
     /// Use this image instead of building one (for the board its image.json names); repeatable.
     #[arg(long)]
     pub image: Vec<PathBuf>,

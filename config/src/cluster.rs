@@ -237,7 +237,7 @@ impl ClusterFile {
 
     /// The control plane that runs `kubeadm init`: the one marked `init`, else
     /// the first control plane listed. Only meaningful once validated.
-    pub(crate) fn init_node(&self) -> Option<&Node> {
+    pub fn init_node(&self) -> Option<&Node> {
         self.nodes
             .iter()
             .find(|n| n.init && n.role == Role::ControlPlane)

@@ -34,6 +34,7 @@ fn run_up(o: &LabUpOpts) -> anyhow::Result<()> {
         secrets: o.cluster.secrets_dir(),
         profile: o.profile,
         as_amd64: o.as_amd64,
+        only: o.nodes.clone(),
         images: o.image.clone(),
         accel: o.accel,
         cpus: o.cpus,

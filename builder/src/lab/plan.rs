@@ -36,13 +36,19 @@ pub fn machine_for(board: &str) -> Option<Machine> {
     }
 }
 
-/// Every node of `cluster` as a VM; with `as_amd64`, every node boots the
-/// amd64 image whatever its board. Refuses a board with no VM, naming each
-/// node and the way out.
-pub fn plan(cluster: &ClusterFile, cluster_path: &Path, as_amd64: bool) -> anyhow::Result<Vec<PlannedNode>> {
+/// Every node of `cluster` as a VM, or only those named in `only` (empty:
+/// all); with `as_amd64`, every node boots the amd64 image whatever its board.
+/// Refuses a board with no VM, naming each node and the way out, and a choice
+/// of nodes that could never come up (an unknown name, no init control plane,
+/// no director when the cluster has directors).
+pub fn plan(cluster: &ClusterFile, cluster_path: &Path, as_amd64: bool, only: &[String]) -> anyhow::Result<Vec<PlannedNode>> {
+    check_only(cluster, cluster_path, only)?;
     let mut unmapped = Vec::new();
     let mut nodes = Vec::new();
     for (i, n) in cluster.nodes.iter().enumerate() {
+        if !only.is_empty() && !only.contains(&n.name) {
+            continue;
+        }
         let board = if as_amd64 { AMD64_BOARD } else { n.board.as_str() };
         let Some(machine) = machine_for(board) else {
             unmapped.push(format!("{} (board {})", n.name, n.board));
@@ -67,6 +73,46 @@ pub fn plan(cluster: &ClusterFile, cluster_path: &Path, as_amd64: bool) -> anyho
         );
     }
     Ok(nodes)
+}
+
+/// `--nodes`: every name a node of the cluster, the init control plane among
+/// them (nothing else runs `kubeadm init`), and a director when the cluster
+/// has any (without one the VIP never answers and every join waits forever).
+fn check_only(cluster: &ClusterFile, cluster_path: &Path, only: &[String]) -> anyhow::Result<()> {
+    if only.is_empty() {
+        return Ok(());
+    }
+    let all: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+    let unknown: Vec<&str> = only.iter().map(String::as_str).filter(|o| !all.contains(o)).collect();
+    if !unknown.is_empty() {
+        bail!(
+            "--nodes names {}, not a node of {} (its nodes: {})",
+            unknown.join(", "),
+            cluster_path.display(),
+            all.join(", ")
+        );
+    }
+    if let Some(init) = cluster.init_node().filter(|n| !only.contains(&n.name)) {
+        bail!(
+            "--nodes leaves out {}, the init control plane of {}: without it nothing runs `kubeadm init` and every other node waits forever; add it",
+            init.name,
+            cluster_path.display()
+        );
+    }
+    let directors: Vec<&str> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.role == Role::Director)
+        .map(|n| n.name.as_str())
+        .collect();
+    if !directors.is_empty() && !directors.iter().any(|d| only.iter().any(|o| o == d)) {
+        bail!(
+            "--nodes leaves out every director of {} ({}): without one the API VIP never answers and every join waits forever; add one",
+            cluster_path.display(),
+            directors.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The cluster as the lab stamps it: the lab's SSH key added and, with
@@ -136,7 +182,7 @@ mod tests {
 
     #[test]
     fn amd64_and_arm64_uefi_have_vms() {
-        let p = plan(&cluster(&["amd64", "arm64-uefi"]), Path::new("c.yaml"), false).unwrap();
+        let p = plan(&cluster(&["amd64", "arm64-uefi"]), Path::new("c.yaml"), false, &[]).unwrap();
         assert_eq!(p[0].machine, Machine::Amd64Uefi);
         assert_eq!(p[1].machine, Machine::Arm64Uefi);
         assert_eq!((p[0].tap.as_str(), p[1].tap.as_str()), ("tap0", "tap1"));
@@ -144,7 +190,7 @@ mod tests {
 
     #[test]
     fn a_pi_is_refused_naming_the_node_and_the_amd64_rehearsal() {
-        let err = plan(&cluster(&["amd64", "rpi4", "rpi5"]), Path::new("c.yaml"), false)
+        let err = plan(&cluster(&["amd64", "rpi4", "rpi5"]), Path::new("c.yaml"), false, &[])
             .unwrap_err()
             .to_string();
         assert!(
@@ -152,8 +198,26 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("--as-amd64"), "{err}");
-        let p = plan(&cluster(&["amd64", "rpi4"]), Path::new("c.yaml"), true).unwrap();
+        let p = plan(&cluster(&["amd64", "rpi4"]), Path::new("c.yaml"), true, &[]).unwrap();
         assert!(p.iter().all(|n| n.machine == Machine::Amd64Uefi && n.board == "amd64"));
+    }
+
+    #[test]
+    fn nodes_picks_a_subset_that_can_come_up() {
+        let c = cluster(&["amd64", "amd64", "amd64"]);
+        let only = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = plan(&c, Path::new("c.yaml"), false, &only(&["n0", "n1"])).unwrap();
+        let names: Vec<&str> = p.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["n0", "n1"]);
+        assert_eq!(p[1].tap, "tap1", "a node keeps its tap whatever is left out");
+        let err = plan(&c, Path::new("c.yaml"), false, &only(&["n0", "n1", "n7"]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "--nodes names n7, not a node of c.yaml (its nodes: n0, n1, n2)");
+        let err = plan(&c, Path::new("c.yaml"), false, &only(&["n0", "n2"])).unwrap_err().to_string();
+        assert!(err.starts_with("--nodes leaves out n1, the init control plane of c.yaml"), "{err}");
+        let err = plan(&c, Path::new("c.yaml"), false, &only(&["n1", "n2"])).unwrap_err().to_string();
+        assert!(err.starts_with("--nodes leaves out every director of c.yaml (n0)"), "{err}");
     }
 
     #[test]

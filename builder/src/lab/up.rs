@@ -39,6 +39,8 @@ pub struct UpOptions {
     pub profile: Profile,
     /// Boot every node as amd64 whatever its board.
     pub as_amd64: bool,
+    /// Boot only these nodes of the cluster file (empty: every node).
+    pub only: Vec<String>,
     /// Images to use instead of building: each serves the board its image.json names.
     pub images: Vec<PathBuf>,
     pub accel: vm::Accel,
@@ -57,7 +59,7 @@ pub struct UpOptions {
 pub fn up(dir: &LabDir, opts: &UpOptions, runner: &dyn Runner) -> anyhow::Result<Vec<NodeRow>> {
     require_root()?;
     let cluster = load_cluster(&opts.cluster)?;
-    let planned = plan::plan(&cluster, &opts.cluster, opts.as_amd64)?;
+    let planned = plan::plan(&cluster, &opts.cluster, opts.as_amd64, &opts.only)?;
     let missing = plan::missing_tools(&planned);
     if !missing.is_empty() {
         bail!(
