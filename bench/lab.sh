@@ -8,7 +8,7 @@
 # It runs `piha lab up` on examples/qemu-lab.yaml (the amd64 test-profile
 # image is built into the lab directory, or taken from $PIHA_LAB_IMAGE), then
 # `check`, then `down`.
-# Usage: sudo bench/lab.sh
+# Usage: sudo [PIHA_LAB_IMAGE=IMG] [PIHA_LAB_NODES=a,b,...] bench/lab.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIHA_CACHE_DIR=${PIHA_CACHE_DIR:-$HOME/.cache/piha}
@@ -20,8 +20,16 @@ trap '"$piha" lab down --dir "$lab" >/dev/null 2>&1 || true; rm -rf "$work"' EXI
 cp examples/qemu-lab.yaml "$work/cluster.yaml"
 image=()
 [ -n "${PIHA_LAB_IMAGE:-}" ] && image=(--image "$PIHA_LAB_IMAGE")
+# PIHA_LAB_NODES=lb1,lb2,cp1,cp2: only those nodes (what the integration test boots).
+nodes=()
+[ -n "${PIHA_LAB_NODES:-}" ] && nodes=(--nodes "$PIHA_LAB_NODES")
 
-"$piha" lab up --cluster "$work/cluster.yaml" --dir "$lab" "${image[@]}" 2>"$work/up.log" >"$work/up.txt"
+"$piha" lab up --cluster "$work/cluster.yaml" --dir "$lab" "${image[@]}" "${nodes[@]}" 2>"$work/up.log" >"$work/up.txt"
+# Before the check: it reboots cp1 and the MASTER, whose later boots record their steps as already done.
+for node in $(jq -r '.nodes[].name' "$lab/lab.json"); do
+  "$piha" status --json "$lab/nodes/$node/disk.img" |
+    jq -r --arg n "$node" '[.steps[] | "\(.name) \(((.wall_ms // 0) / 100 | round) / 10)"] | "\($n): " + join(", ")'
+done >"$work/steps.txt"
 "$piha" lab check --json --dir "$lab" >"$work/check.json" 2>"$work/check.log" || true
 
 out=bench/results/lab-$(date -u +%Y%m%d).txt
@@ -40,12 +48,12 @@ out=bench/results/lab-$(date -u +%Y%m%d).txt
   echo "whole cluster: $last"
   echo
   echo "## agent wall time per step (s)"
-  for node in $(jq -r '.nodes[].name' "$lab/lab.json"); do
-    "$piha" status --json "$lab/nodes/$node/disk.img" |
-      jq -r --arg n "$node" '[.steps[] | "\(.name) \(((.wall_ms // 0) / 100 | round) / 10)"] | "\($n): " + join(", ")'
-  done
+  cat "$work/steps.txt"
   echo
   echo "## piha lab check"
   jq -r '.[] | "\(if .ok then "ok  " else "FAIL" end)  \(.check)  |  \(.measured)"' "$work/check.json"
+  echo
+  echo "## piha lab check's warnings (each failed probe, with curl's exit status)"
+  grep -F WARN "$work/check.log" || echo "(none)"
 } | tee "$out"
 echo "written: $out" >&2

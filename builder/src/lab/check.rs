@@ -39,7 +39,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Probing goes on this long after the event a window measures.
 const SETTLE: Duration = Duration::from_secs(3);
 /// Longest gap allowed while VRRP moves the VIP after the MASTER's power is
-/// cut: 3 missed adverts of 1 s plus the skew, the probe's timeout, and a
+/// cut: 3 missed adverts of 1 s plus the skew, the probe's connect timeout, and a
 /// second of slack for a busy emulated BACKUP.
 const VRRP_GAP_LIMIT: f64 = 6.0;
 /// The held connection's request goes out this long after it was opened:
@@ -61,6 +61,9 @@ pub struct Row {
     pub requests: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seconds: Option<f64>,
+    /// Why each failed request failed (curl's message, or the HTTP status).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
 }
 
 impl Row {
@@ -73,13 +76,19 @@ impl Row {
             failed_requests: None,
             requests: None,
             seconds: None,
+            failures: Vec::new(),
         }
     }
 
+    /// The row's window of probes; the first failure, if any, is told.
     fn window(mut self, w: Window) -> Row {
         self.longest_gap_s = Some(w.longest_gap);
         self.failed_requests = Some(w.failed);
         self.requests = Some(w.requests);
+        if let Some(first) = w.failures.first() {
+            self.measured = format!("{} (first failure: {first})", self.measured);
+        }
+        self.failures = w.failures;
         self
     }
 
@@ -323,7 +332,7 @@ fn stop_and_start_control_plane(lab: &Lab<'_>, cp: &NodeState) -> anyhow::Result
     rows.push(
         Row::new(
             format!("stop {}: the VIP keeps answering", cp.name),
-            w.longest_gap <= limit + f64::from(probe::PROBE_TIMEOUT_SECS) && vip.window(t_end - SETTLE, t_end).failed == 0,
+            w.longest_gap <= limit + f64::from(probe::CONNECT_TIMEOUT_SECS) && vip.window(t_end - SETTLE, t_end).failed == 0,
             format!("longest gap {:.2} s, {} of {} requests failed", w.longest_gap, w.failed, w.requests),
         )
         .window(w),

@@ -1,7 +1,8 @@
 //! Measuring the API from the lab's namespace: one HTTPS request with `curl`
 //! (TLS verified against the cluster CA, hostname = the address asked), a
-//! prober that repeats it about every 200 ms in the background, and the
-//! statistics of a window of its samples (longest gap, failed requests).
+//! prober that sends one every 200 ms in the background whether or not the
+//! last has been answered, and the statistics of a window of its samples
+//! (longest gap, failed requests and why they failed).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -14,25 +15,30 @@ use piha_runner::{Cmd, Runner, SystemRunner};
 
 use super::net;
 
-/// How often the prober asks, and how long one request may take.
+/// How often the prober sends a request.
 pub const PROBE_PERIOD: Duration = Duration::from_millis(200);
-pub const PROBE_TIMEOUT_SECS: u32 = 1;
+/// How long a request may wait for its TCP connection: a SYN sent to a
+/// backend that is gone gets nothing back, and fails after this.
+pub const CONNECT_TIMEOUT_SECS: u32 = 1;
+/// How long a connected request may take in all: the TLS handshake and the
+/// answer of an emulated control plane that shares two host cores with five
+/// other VMs (a slow answer is an answer, not a failure of the VIP).
+pub const MAX_TIME_SECS: u32 = 3;
 
 /// One request from the namespace: `Ok(HTTP status)` when it was answered
 /// (for HTTPS: with TLS verified against the CA for the address asked),
 /// `Err(curl's message)` otherwise.
 pub fn get(runner: &dyn Runner, namespace: &str, target: &Target) -> Result<u16, String> {
-    let timeout = PROBE_TIMEOUT_SECS.to_string();
     let mut cmd = Cmd::new("curl").args([
         "-sS",
         "-o",
         "/dev/null",
         "-w",
         "%{http_code}",
-        "--max-time",
-        &timeout,
         "--connect-timeout",
-        &timeout,
+        &CONNECT_TIMEOUT_SECS.to_string(),
+        "--max-time",
+        &MAX_TIME_SECS.to_string(),
     ]);
     cmd = match target {
         Target::Https { ca, ip, port, path } => cmd.arg("--cacert").arg(ca).arg(format!("https://{ip}:{port}{path}")),
@@ -48,27 +54,36 @@ fn status(runner: &dyn Runner, namespace: &str, cmd: Cmd) -> Result<u16, String>
             .trim()
             .parse()
             .map_err(|_| format!("curl printed {:?}", o.stdout_str())),
-        Err(e) => Err(e.to_string()),
+        // curl's own line, e.g. "curl: (28) Connection timed out after 1001 milliseconds".
+        Err(e) => Err(e.stderr_tail().map(|t| t.trim().to_string()).unwrap_or_else(|| e.to_string())),
     }
 }
 
-/// One probe: when it was sent (since the prober started) and whether it got 200.
-#[derive(Debug, Clone, Copy)]
+/// One probe: when it was sent, and why it failed if it did not get 200.
+#[derive(Debug, Clone)]
 pub struct Sample {
     pub at: Instant,
-    pub ok: bool,
+    pub failure: Option<String>,
+}
+
+impl Sample {
+    pub fn ok(&self) -> bool {
+        self.failure.is_none()
+    }
 }
 
 /// What one URL did over a window.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Window {
     pub requests: usize,
     pub failed: usize,
     /// The longest time without a successful answer, in seconds.
     pub longest_gap: f64,
+    /// Why each failed request failed, in the order they were sent.
+    pub failures: Vec<String>,
 }
 
-/// Asks one URL every [`PROBE_PERIOD`] until stopped.
+/// Sends a request to one URL every [`PROBE_PERIOD`] until dropped.
 pub struct Prober {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
@@ -89,19 +104,45 @@ pub enum Target {
     Http { ip: Ipv4Addr, port: u16, path: String },
 }
 
+impl Target {
+    fn url(&self) -> String {
+        match self {
+            Target::Https { ip, port, path, .. } => format!("https://{ip}:{port}{path}"),
+            Target::Http { ip, port, path } => format!("http://{ip}:{port}{path}"),
+        }
+    }
+}
+
 impl Prober {
     pub fn start(namespace: &str, target: Target) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let (s, v, ns) = (stop.clone(), samples.clone(), namespace.to_string());
         let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut in_flight: Vec<JoinHandle<()>> = Vec::new();
             while !s.load(Ordering::Relaxed) {
                 let at = Instant::now();
-                let r = get(&SystemRunner, &ns, &target);
-                v.lock().unwrap_or_else(|e| e.into_inner()).push(Sample { at, ok: r == Ok(200) });
+                let (v, ns, target) = (v.clone(), ns.clone(), target.clone());
+                in_flight.retain(|h| !h.is_finished());
+                in_flight.push(std::thread::spawn(move || {
+                    let failure = match get(&SystemRunner, &ns, &target) {
+                        Ok(200) => None,
+                        Ok(code) => Some(format!("HTTP {code}")),
+                        Err(e) => Some(e),
+                    };
+                    if let Some(f) = &failure {
+                        let sent = at.duration_since(started).as_secs_f64();
+                        log::warn!("probe of {} sent {sent:.1} s into the probing failed: {f}", target.url());
+                    }
+                    v.lock().unwrap_or_else(|e| e.into_inner()).push(Sample { at, failure });
+                }));
                 if let Some(rest) = PROBE_PERIOD.checked_sub(at.elapsed()) {
                     std::thread::sleep(rest);
                 }
+            }
+            for h in in_flight {
+                let _ = h.join();
             }
         });
         Prober {
@@ -111,16 +152,25 @@ impl Prober {
         }
     }
 
+    /// Every answered probe so far, in the order they were sent.
     pub fn samples(&self) -> Vec<Sample> {
-        self.samples.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        s.sort_by_key(|s| s.at);
+        s
     }
 
     /// The first failed sample at or after `from`.
     pub fn first_failure_after(&self, from: Instant) -> Option<Instant> {
-        self.samples().into_iter().find(|s| s.at >= from && !s.ok).map(|s| s.at)
+        self.samples().into_iter().find(|s| s.at >= from && !s.ok()).map(|s| s.at)
     }
 
+    /// The window [from, to], once every probe sent in it has had its answer
+    /// or its timeout (a probe still in flight would look like a gap).
     pub fn window(&self, from: Instant, to: Instant) -> Window {
+        let settled = to + Duration::from_secs(u64::from(MAX_TIME_SECS)) + PROBE_PERIOD;
+        if let Some(rest) = settled.checked_duration_since(Instant::now()) {
+            std::thread::sleep(rest);
+        }
         window(&self.samples(), from, to)
     }
 }
@@ -134,22 +184,25 @@ impl Drop for Prober {
     }
 }
 
-/// Requests, failures and the longest gap between successes in [from, to].
-/// The gap counts from `from` to the first success too, and from the last
-/// success to `to`: a window with no success is one gap across all of it.
+/// Requests, failures and the longest gap between successes in [from, to]
+/// (`samples` in the order they were sent). The gap counts from `from` to
+/// the first success too, and from the last success to `to`: a window with
+/// no success is one gap across all of it.
 pub fn window(samples: &[Sample], from: Instant, to: Instant) -> Window {
     let inside: Vec<&Sample> = samples.iter().filter(|s| s.at >= from && s.at <= to).collect();
     let mut last_ok = from;
     let mut longest = Duration::ZERO;
-    for s in inside.iter().filter(|s| s.ok) {
+    for s in inside.iter().filter(|s| s.ok()) {
         longest = longest.max(s.at.duration_since(last_ok));
         last_ok = s.at;
     }
     longest = longest.max(to.saturating_duration_since(last_ok));
+    let failures: Vec<String> = inside.iter().filter_map(|s| s.failure.clone()).collect();
     Window {
         requests: inside.len(),
-        failed: inside.iter().filter(|s| !s.ok).count(),
+        failed: failures.len(),
         longest_gap: (longest.as_secs_f64() * 100.0).round() / 100.0,
+        failures,
     }
 }
 
@@ -164,7 +217,7 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64, ok: bool| Sample {
             at: t0 + Duration::from_millis(ms),
-            ok,
+            failure: (!ok).then(|| format!("curl: (28) Connection timed out at {ms}")),
         };
         let s = [
             at(0, true),
@@ -178,6 +231,10 @@ mod tests {
         assert_eq!(w.requests, 6);
         assert_eq!(w.failed, 2);
         assert_eq!(w.longest_gap, 1.2);
+        assert_eq!(
+            w.failures,
+            ["curl: (28) Connection timed out at 400", "curl: (28) Connection timed out at 600"]
+        );
     }
 
     #[test]
@@ -185,7 +242,7 @@ mod tests {
         let t0 = Instant::now();
         let s = [Sample {
             at: t0 + Duration::from_millis(100),
-            ok: false,
+            failure: Some("HTTP 503".into()),
         }];
         let w = window(&s, t0, t0 + Duration::from_secs(3));
         assert_eq!((w.failed, w.longest_gap), (1, 3.0));
