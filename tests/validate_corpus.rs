@@ -128,6 +128,50 @@ fn examples_are_valid() {
 }
 
 #[test]
+fn a_byte_order_mark_is_accepted() {
+    let text = fs::read_to_string(root().join("examples/homelab.yaml")).expect("example");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bom.yaml");
+    fs::write(&file, format!("\u{feff}{text}")).expect("write");
+    let (ok, output) = validate(&file, &[]);
+    assert!(ok, "{output}");
+}
+
+/// Inputs built to hurt: a 2 MB file nested two million deep, and a 50 MB
+/// value. Each is refused with a short message naming the file.
+#[test]
+fn huge_and_deep_files_are_refused_with_short_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deep = dir.path().join("deep.yaml");
+    fs::write(&deep, format!("name: {}{}\n", "[".repeat(1 << 20), "]".repeat(1 << 20))).expect("write");
+    let (ok, output) = validate(&deep, &[]);
+    assert!(
+        !ok && output.contains("deep.yaml") && output.contains("at most 262144 bytes"),
+        "{output}"
+    );
+    assert!(output.len() < 1000, "{output}");
+
+    let example = fs::read_to_string(root().join("examples/homelab.yaml")).expect("example");
+    let huge = dir.path().join("huge.yaml");
+    let value = "x".repeat(50 << 20);
+    fs::write(&huge, format!("{example}\nextra: {value}\n")).expect("write");
+    let (ok, output) = validate(&huge, &[]);
+    assert!(!ok && output.contains("huge.yaml"), "{}", &output[..output.len().min(2000)]);
+    assert!(output.len() < 1000, "{} bytes of output", output.len());
+
+    // Under the size limit, a long value in a message is cut.
+    let long = dir.path().join("long.yaml");
+    fs::write(&long, example.replacen("\nname: ", &format!("\nname: {}", "y".repeat(100_000)), 1)).expect("write");
+    let (ok, output) = validate(&long, &[]);
+    assert!(
+        !ok && output.contains("more bytes not shown"),
+        "{}",
+        &output[..output.len().min(2000)]
+    );
+    assert!(output.len() < 2000, "{} bytes of output", output.len());
+}
+
+#[test]
 fn even_control_planes_only_warn() {
     let text = fs::read_to_string(root().join("examples/qemu-lab.yaml")).expect("example");
     let cp3 = "role: control-plane\n    ip: 10.0.2.13";

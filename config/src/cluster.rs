@@ -213,12 +213,23 @@ impl Role {
 }
 
 impl ClusterFile {
-    /// Parses a cluster file. A YAML or schema error becomes one `Problem`
-    /// naming the file and, where the parser knows it, the field and line.
+    /// Parses a cluster file: the size and nesting gate of every YAML input
+    /// (`yaml::gate`), then the schema. Every schema error is reported at
+    /// once, each naming the field (`sections`); the first keeps its line.
     pub fn parse(file: &Path, text: &str) -> Result<ClusterFile, Problems> {
-        yaml_serde::from_str(text).map_err(|e| {
-            let (path, message) = yaml_error_message(&e);
-            Problems(vec![Problem::error(file, path, message, yaml_error_fix(&e))])
+        let text = crate::yaml::gate(file, text, "keep the cluster file to the shape of `piha init`'s example")?;
+        yaml_serde::from_str(text).map_err(|first| {
+            let (first_path, first_message) = yaml_error_message(&first);
+            let mut problems = crate::sections::problems(file, text);
+            if let Some(p) = problems
+                .iter_mut()
+                .find(|p| p.path == first_path && first_message.starts_with(&p.message))
+            {
+                p.message = crate::problem::clip(&first_message);
+            } else if problems.is_empty() {
+                problems.push(Problem::error(file, first_path, first_message, yaml_error_fix(&first)));
+            }
+            Problems(problems)
         })
     }
 
@@ -261,7 +272,7 @@ impl ClusterFile {
 
 /// The field path yaml_serde puts in front of its message (`nodes[2].ip: ...`),
 /// split off so it lands in `Problem::path`, and the message with its location.
-fn yaml_error_message(e: &yaml_serde::Error) -> (String, String) {
+pub(crate) fn yaml_error_message(e: &yaml_serde::Error) -> (String, String) {
     let mut text = e.to_string();
     if let Some(loc) = e.location() {
         if !text.contains("line ") {
@@ -275,7 +286,7 @@ fn yaml_error_message(e: &yaml_serde::Error) -> (String, String) {
     }
 }
 
-fn yaml_error_fix(e: &yaml_serde::Error) -> String {
+pub(crate) fn yaml_error_fix(e: &yaml_serde::Error) -> String {
     let text = e.to_string();
     if text.contains("unknown field") {
         "remove or correct the field; see the README's cluster file reference".to_string()

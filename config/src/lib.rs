@@ -10,5 +10,7 @@ pub mod node;
 pub mod problem;
 pub mod render;
 pub mod secrets;
+mod sections;
 pub mod status;
 pub mod validate;
+pub mod yaml;

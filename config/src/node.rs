@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{ClusterFile, KeyAlgorithm, ProxyMode, Role, Runtime};
 use crate::k8s::Version;
-use crate::problem::{Problem, Problems};
+use crate::problem::Problems;
 
 /// Bumped when a change would make an older agent misread the file.
 pub(crate) const SCHEMA_VERSION: u32 = 1;
@@ -140,8 +140,7 @@ impl NodeConfig {
     /// Parses `node.yaml` as read from a card, and validates it with the same
     /// rules the builder used (`validate::node_config`).
     pub fn parse(file: &std::path::Path, text: &str) -> Result<NodeConfig, Problems> {
-        let cfg: NodeConfig = yaml_serde::from_str(text)
-            .map_err(|e| Problems(vec![Problem::error(file, "", e.to_string(), "re-stamp the card with `piha stamp`")]))?;
+        let cfg: NodeConfig = crate::yaml::from_str(file, text, "re-stamp the card with `piha stamp`")?;
         let problems = crate::validate::node_config(file, &cfg);
         if problems.has_errors() { Err(problems) } else { Ok(cfg) }
     }

@@ -22,24 +22,34 @@ pub struct Problem {
     pub fix: String,
 }
 
+/// The longest message a problem carries: a value pasted into a file (a
+/// 50 MB string, a whole certificate) is echoed only in part.
+const MAX_MESSAGE: usize = 300;
+
+/// `text` cut to [`MAX_MESSAGE`] characters, saying how much was left out.
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_MESSAGE) {
+        None => text.to_string(),
+        Some((cut, _)) => format!("{}… ({} more bytes not shown)", &text[..cut], text.len() - cut),
+    }
+}
+
 impl Problem {
     pub(crate) fn error(file: impl Into<PathBuf>, path: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Self {
-        Problem {
-            severity: Severity::Error,
-            file: file.into(),
-            path: path.into(),
-            message: message.into(),
-            fix: fix.into(),
-        }
+        Problem::new(Severity::Error, file.into(), path.into(), message.into(), fix.into())
     }
 
     pub(crate) fn warning(file: impl Into<PathBuf>, path: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Problem::new(Severity::Warning, file.into(), path.into(), message.into(), fix.into())
+    }
+
+    fn new(severity: Severity, file: PathBuf, path: String, message: String, fix: String) -> Self {
         Problem {
-            severity: Severity::Warning,
-            file: file.into(),
-            path: path.into(),
-            message: message.into(),
-            fix: fix.into(),
+            severity,
+            file,
+            path: clip(&path),
+            message: clip(&message),
+            fix,
         }
     }
 

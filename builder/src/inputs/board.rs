@@ -188,8 +188,15 @@ impl BootFile {
 impl Board {
     /// Parses a board file; `file` names it in errors.
     pub fn parse(file: &Path, text: &str) -> anyhow::Result<Board> {
-        let board: Board = yaml_serde::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{}: {e} (fix: see boards/amd64.yaml for every field)", file.display()))?;
+        let text =
+            piha_config::yaml::gate(file, text, "see boards/amd64.yaml for every field").map_err(|p| anyhow::anyhow!("{}", p.0[0]))?;
+        let board: Board = yaml_serde::from_str(text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {} (fix: see boards/amd64.yaml for every field)",
+                file.display(),
+                piha_config::problem::clip(&e.to_string())
+            )
+        })?;
         board.check(file)?;
         Ok(board)
     }

@@ -133,8 +133,15 @@ impl AptRepo {
 
 impl Distro {
     pub fn parse(file: &Path, text: &str) -> anyhow::Result<Distro> {
-        let d: Distro = yaml_serde::from_str(text)
-            .map_err(|e| anyhow::anyhow!("{}: {e} (fix: see distros/debian-bookworm.yaml for every field)", file.display()))?;
+        let text = piha_config::yaml::gate(file, text, "see distros/debian-bookworm.yaml for every field")
+            .map_err(|p| anyhow::anyhow!("{}", p.0[0]))?;
+        let d: Distro = yaml_serde::from_str(text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {} (fix: see distros/debian-bookworm.yaml for every field)",
+                file.display(),
+                piha_config::problem::clip(&e.to_string())
+            )
+        })?;
         d.check(file)?;
         Ok(d)
     }

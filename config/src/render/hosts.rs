@@ -16,9 +16,9 @@ pub(crate) fn hostname(cfg: &NodeConfig) -> String {
     format!("{}\n", cfg.node.name)
 }
 
-/// The name /etc/hosts gives the VIP: `<cluster>-api`.
-pub(crate) fn api_name(cfg: &NodeConfig) -> String {
-    format!("{}-api", cfg.cluster.name)
+/// The name /etc/hosts gives the VIP of cluster `cluster`: `<cluster>-api`.
+pub(crate) fn api_name(cluster: &str) -> String {
+    format!("{cluster}-api")
 }
 
 #[derive(Serialize)]
@@ -45,7 +45,7 @@ pub(crate) fn etc_hosts(cfg: &NodeConfig) -> Result<String, RenderError> {
     let data = HostsData {
         header: header("#", cfg),
         vip: cfg.cluster.vip.to_string(),
-        vip_names: names(&api_name(cfg)),
+        vip_names: names(&api_name(&cfg.cluster.name)),
         peers: cfg
             .peers
             .iter()

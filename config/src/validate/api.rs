@@ -5,9 +5,35 @@ use super::network::{check_vip_outside_cluster_subnets, cluster_subnets};
 use crate::cluster::{ClusterFile, Role, VipMode};
 use crate::render::realserver::APICHECK_PORT;
 
+/// Ports other Kubernetes components listen on, on every node or every
+/// control plane: the API server cannot take one of them.
+const RESERVED_PORTS: [(u16, &str); 9] = [
+    (2379, "etcd's client port"),
+    (2380, "etcd's peer port"),
+    (10248, "the kubelet's healthz port"),
+    (10249, "kube-proxy's metrics port"),
+    (10250, "the kubelet's API port"),
+    (10255, "the kubelet's read-only port"),
+    (10256, "kube-proxy's healthz port"),
+    (10257, "kube-controller-manager's port"),
+    (10259, "kube-scheduler's port"),
+];
+/// The default NodePort range: a Service may take any of them on every node.
+const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
 /// Port 0 and VRRP router id 0 are never usable; the API cannot share its
-/// port with the control planes' health endpoint.
+/// port with the control planes' health endpoint or another component's.
 pub(super) fn check_numbers(r: &mut Report, port_path: &str, port: u16, vrid_path: &str, vrid: u8) {
+    if let Some((_, whose)) = RESERVED_PORTS.iter().find(|(p, _)| *p == port) {
+        r.error(port_path, format!("port {port} is {whose}"), "use 6443, kubeadm's default");
+    }
+    if NODE_PORTS.contains(&port) {
+        r.error(
+            port_path,
+            format!("port {port} is in the NodePort range 30000-32767, which Services take on every node"),
+            "use 6443, kubeadm's default",
+        );
+    }
     if port == 0 {
         r.error(
             port_path,

@@ -68,7 +68,7 @@ impl Report {
 /// run in the order of the file's sections, so problems come out in file order.
 pub fn cluster(file: &Path, c: &ClusterFile, catalog: &Catalog) -> Problems {
     let mut r = Report::new(file);
-    names::check_name(&mut r, "name", &c.name, "cluster name");
+    names::check_cluster_name(&mut r, "name", &c.name);
     check_distro(&mut r, &c.distro, catalog);
     kubernetes::check_cluster(&mut r, c);
     api::check_numbers(&mut r, "api.port", c.api.port, "api.vrrp_router_id", c.api.vrrp_router_id);

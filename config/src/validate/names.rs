@@ -1,6 +1,7 @@
 //! Names: the cluster's and the nodes' (RFC 1123 labels) and DNS domains.
 
 use super::Report;
+use crate::render::hosts::api_name;
 
 /// An RFC 1123 label: what hostnames, kubeadm node names and image names need.
 pub(crate) fn rfc1123_label(name: &str) -> Result<(), String> {
@@ -26,6 +27,23 @@ pub(super) fn check_name(r: &mut Report, path: &str, name: &str, what: &str) {
             path,
             format!("{what} `{name}` is not an RFC 1123 label: it {why}"),
             "use lowercase letters, digits and '-', 1 to 63 characters, starting and ending with a letter or digit (e.g. cp1)",
+        );
+    }
+}
+
+/// The cluster's name, and the name its VIP gets in /etc/hosts
+/// (`<cluster>-api`), which must be an RFC 1123 label as well.
+pub(super) fn check_cluster_name(r: &mut Report, path: &str, name: &str) {
+    check_name(r, path, name, "cluster name");
+    let alias = api_name(name);
+    if rfc1123_label(name).is_ok() && alias.len() > 63 {
+        r.error(
+            path,
+            format!(
+                "the VIP's name `{alias}` would be {} characters long; a host name label has at most 63",
+                alias.len()
+            ),
+            format!("use a cluster name of at most {} characters", 63 - (alias.len() - name.len())),
         );
     }
 }

@@ -48,6 +48,7 @@ pub(super) fn check_cluster(r: &mut Report, c: &ClusterFile) {
     }
     check_ntp(r, &c.network.ntp);
     let subnet = node_subnet(r, c);
+    check_dns(r, "network.dns", &c.network.dns, subnet);
     check_unicast(r, "network.gateway", c.network.gateway);
     check_unicast(r, "api.vip", c.api.vip);
     match subnet {
@@ -71,6 +72,21 @@ fn check_ntp(r: &mut Report, servers: &[String]) {
                 format!("network.ntp[{i}]"),
                 format!("`{ntp}` is not a host name or address"),
                 "write one NTP server per entry, e.g. pool.ntp.org",
+            );
+        }
+    }
+}
+
+/// Each DNS server is a unicast address, never the node subnet's broadcast.
+pub(super) fn check_dns(r: &mut Report, path: &str, servers: &[Ipv4Addr], subnet: Option<Ipv4Net>) {
+    for (i, &dns) in servers.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        check_unicast(r, &at, dns);
+        if let Some(net) = subnet.filter(|net| dns == net.broadcast() || dns == net.network()) {
+            r.error(
+                at,
+                format!("{dns} is the network or broadcast address of the node subnet {net}"),
+                "use the address of a DNS server, e.g. the router's",
             );
         }
     }
@@ -159,8 +175,42 @@ pub(super) fn check_subnets(r: &mut Report, node: &NodeSubnet, subnets: &Cluster
     check_subnets_pair(r, subnets);
 }
 
-/// The pod and service subnets are written without host bits and do not overlap.
+/// The largest service subnet the API server accepts (`--service-cluster-ip-range`
+/// must be /12 or longer for IPv4).
+const SERVICE_PREFIX_LARGEST: u8 = 12;
+/// The smallest service subnet whose 10th address, the cluster DNS service,
+/// exists: /28 has 16 addresses, /29 only 8.
+const SERVICE_PREFIX_SMALLEST: u8 = 28;
+/// A pod subnet shorter than this swallows most of the IPv4 space: a typo.
+const POD_PREFIX_LARGEST: u8 = 8;
+
+/// The pod and service subnets are written without host bits, have sizes
+/// Kubernetes accepts, and do not overlap.
 pub(super) fn check_subnets_pair(r: &mut Report, subnets: &ClusterSubnets) {
+    let service = subnets.service;
+    if service.prefix_len() < SERVICE_PREFIX_LARGEST {
+        r.error(
+            format!("{}service_subnet", subnets.prefix),
+            format!("{service} is larger than /{SERVICE_PREFIX_LARGEST}, the largest service range the API server accepts"),
+            "use a /12 to /28, e.g. 10.96.0.0/12 (the default)",
+        );
+    } else if service.prefix_len() > SERVICE_PREFIX_SMALLEST {
+        r.error(
+            format!("{}service_subnet", subnets.prefix),
+            format!(
+                "{service} has {} addresses; the cluster DNS service takes the 10th, so it needs a /{SERVICE_PREFIX_SMALLEST} or larger",
+                1u64 << (32 - service.prefix_len())
+            ),
+            "use a /12 to /28, e.g. 10.96.0.0/12 (the default)",
+        );
+    }
+    if subnets.pod.prefix_len() < POD_PREFIX_LARGEST {
+        r.error(
+            format!("{}pod_subnet", subnets.prefix),
+            format!("{} is larger than /{POD_PREFIX_LARGEST}", subnets.pod),
+            "use a private range such as 10.244.0.0/16 (the default)",
+        );
+    }
     for (name, net) in subnets.named() {
         if net.addr() != net.network() {
             r.error(

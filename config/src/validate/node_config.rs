@@ -7,9 +7,9 @@ use std::path::Path;
 
 use super::api::check_numbers;
 use super::kubernetes::check_version;
-use super::names::{check_domain, check_name};
+use super::names::{check_cluster_name, check_domain, check_name};
 use super::network::{
-    ClusterSubnets, NodeSubnet, PREFIXES, check_in_subnet, check_subnets, check_subnets_pair, check_unicast,
+    ClusterSubnets, NodeSubnet, PREFIXES, check_dns, check_in_subnet, check_subnets, check_subnets_pair, check_unicast,
     check_vip_outside_cluster_subnets,
 };
 use super::nic::check_nic_match;
@@ -47,7 +47,7 @@ fn check_schema(r: &mut Report, schema: u32) {
 fn check_facts(r: &mut Report, c: &NodeConfig) {
     let (n, f) = (&c.node, &c.cluster);
     check_name(r, "node.name", &n.name, "node name");
-    check_name(r, "cluster.name", &f.name, "cluster name");
+    check_cluster_name(r, "cluster.name", &f.name);
     check_version(r, "cluster.kubernetes_version", f.kubernetes_version);
     check_numbers(r, "cluster.api_port", f.api_port, "cluster.vrrp_router_id", f.vrrp_router_id);
     check_keys(r, &c.ssh_authorized_keys);
@@ -72,6 +72,7 @@ fn check_addresses(r: &mut Report, c: &NodeConfig) {
     check_unicast(r, "node.address", n.address.addr());
     check_unicast(r, "node.gateway", n.gateway);
     check_unicast(r, "cluster.vip", f.vip);
+    check_dns(r, "node.dns", &n.dns, Some(n.address.trunc()));
     if PREFIXES.contains(&n.address.prefix_len()) {
         check_in_node_subnet(r, c, &subnets);
     } else {

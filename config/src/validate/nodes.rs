@@ -9,11 +9,13 @@ use super::network::check_unicast;
 use super::nic::check_nic_match;
 use super::{Catalog, Report, first_seen, list};
 use crate::cluster::{ClusterFile, Node, Role};
+use crate::render::hosts::api_name;
 
 /// What earlier nodes already claimed: names, addresses, the init control plane.
 #[derive(Default)]
 struct Seen<'a> {
     names: HashMap<&'a str, usize>,
+    macs: HashMap<String, usize>,
     ips: HashMap<Ipv4Addr, usize>,
     init: Option<usize>,
 }
@@ -24,6 +26,15 @@ pub(super) fn check(r: &mut Report, c: &ClusterFile, catalog: &Catalog) {
         check_identity(r, c, catalog, &mut seen, i);
         check_address(r, c, &mut seen, i);
         check_nic_match(r, n.interface.as_deref(), n.mac.as_deref(), &format!("nodes[{i}]"));
+        if let Some(mac) = &n.mac {
+            if let Some(j) = first_seen(&mut seen.macs, mac.to_ascii_lowercase(), i) {
+                r.error(
+                    format!("nodes[{i}].mac"),
+                    format!("`{mac}` is also the MAC of nodes[{j}] ({})", c.nodes[j].name),
+                    "every node has its own NIC: copy each MAC from its own board",
+                );
+            }
+        }
         check_init(r, c, &mut seen, i);
     }
     check_control_planes(r, c);
@@ -40,12 +51,31 @@ fn check_identity<'a>(r: &mut Report, c: &'a ClusterFile, catalog: &Catalog, see
             "give every node its own name (it becomes its hostname)",
         );
     }
+    if let Some(why) = reserved_node_name(&c.name, &n.name) {
+        r.error(
+            format!("nodes[{i}].name"),
+            format!("`{}` is {why}", n.name),
+            "give the node a name of its own, e.g. cp1",
+        );
+    }
     if !catalog.boards.contains(&n.board) {
         r.error(
             format!("nodes[{i}].board"),
             format!("unknown board `{}`; piha knows: {}", n.board, list(&catalog.boards)),
             format!("use one of them, or add boards/{}.yaml", n.board),
         );
+    }
+}
+
+/// Why `name` cannot be a node's name in cluster `cluster`: a name that
+/// /etc/hosts on every node already gives to something else.
+fn reserved_node_name(cluster: &str, name: &str) -> Option<String> {
+    if name == "localhost" {
+        Some("the name of the loopback address on every host".to_string())
+    } else if name == api_name(cluster) {
+        Some("the name every node's /etc/hosts gives the VIP".to_string())
+    } else {
+        None
     }
 }
 

@@ -13,7 +13,13 @@ pub(super) fn check_keys(r: &mut Report, keys: &[String]) {
     }
     for (i, key) in keys.iter().enumerate() {
         let path = format!("ssh_authorized_keys[{i}]");
-        if key.contains("PRIVATE KEY") {
+        if key.contains(['\n', '\r']) {
+            r.error(
+                path,
+                "the entry holds more than one line; authorized_keys would get only part of it, or two keys",
+                "write each key as its own list entry, on one line",
+            );
+        } else if key.contains("PRIVATE KEY") {
             r.error(
                 path,
                 "this is a PRIVATE key",

@@ -189,7 +189,7 @@ pub(crate) fn cert_sans(cfg: &NodeConfig) -> Vec<String> {
         }
     };
     let mut sans = vec![cfg.cluster.vip.to_string()];
-    sans.extend(with_domain(api_name(cfg)));
+    sans.extend(with_domain(api_name(&cfg.cluster.name)));
     for cp in cfg.control_planes() {
         sans.extend(with_domain(cp.name.clone()));
         sans.push(cp.ip.to_string());
