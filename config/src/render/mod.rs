@@ -42,6 +42,14 @@ pub const SYSCTL_FILE: &str = "/etc/sysctl.d/90-piha-k8s.conf";
 pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 /// A drop-in: CRI-O merges `crio.conf.d/*.conf` over its packaged defaults.
 pub(crate) const CRIO_CONFIG: &str = "/etc/crio/crio.conf.d/10-piha.conf";
+/// Where CNI configurations live; the kubelet's runtime takes the first.
+pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// Whether a file of [`CNI_CONF_DIR`] is a bridge network a CRI-O package
+/// ships (`10-crio-bridge.conf[list]`, `11-crio-ipv4-bridge.conflist`, ...,
+/// on 10.85.0.0/16 before 1.29): it sorts before Flannel's and clashes with it.
+pub fn is_packaged_crio_bridge(file_name: &str) -> bool {
+    file_name.contains("crio") && file_name.contains("bridge") && (file_name.ends_with(".conf") || file_name.ends_with(".conflist"))
+}
 pub const CHRONY_SOURCES: &str = "/etc/chrony/sources.d/piha.sources";
 pub const AUTHORIZED_KEYS: &str = "/home/piha/.ssh/authorized_keys";
 

@@ -102,6 +102,12 @@ pub struct Ethernet {
     #[serde(rename = "set-name", default, skip_serializing_if = "Option::is_none")]
     pub set_name: Option<String>,
     pub dhcp4: bool,
+    /// networkd keeps the static address when it restarts (netplan's
+    /// `critical`, networkd's `KeepConfiguration=static` as the Debian
+    /// renderer writes it): a node never loses its address, and the API
+    /// its endpoint, under a running kubelet.
+    #[serde(default)]
+    pub critical: bool,
     pub addresses: Vec<String>,
     pub routes: Vec<Route>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,6 +170,7 @@ pub(crate) fn netplan_doc(cfg: &NodeConfig) -> Netplan {
         match_,
         set_name,
         dhcp4: false,
+        critical: true,
         addresses: vec![n.address.to_string()],
         routes: vec![Route {
             to: "default".to_string(),

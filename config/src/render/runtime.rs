@@ -60,10 +60,8 @@ mod tests {
         cfg.cluster.runtime = Runtime::Crio;
         let f = file(&cfg).expect("renders").expect("workers run a runtime");
         assert_eq!(f.path, CRIO_CONFIG);
-        assert!(
-            f.contents
-                .contains("[crio.runtime]\ncgroup_manager = \"systemd\"\nconmon_cgroup = \"pod\"\n")
-        );
+        assert!(f.contents.contains("[crio.runtime]\ncgroup_manager = \"systemd\"\n"));
+        assert!(!f.contents.contains("\nconmon_cgroup"), "deprecated: {}", f.contents);
     }
 
     #[test]
