@@ -92,9 +92,14 @@ fn realserver_puts_the_vip_on_lo_with_arp_sysctls_and_takes_it_away() {
             echo "$d=$(cat /proc/sys/net/ipv4/conf/$d/arp_ignore)/$(cat /proc/sys/net/ipv4/conf/$d/arp_announce)"
         done
     "#;
+    // What it finds on `all` (2/1, say from a sysctl.d file) it puts back on `down`.
+    let saved = tempfile::tempdir().expect("tempdir");
     let script = format!(
-        "ip link set lo up\nexport VIP=10.0.2.100\n{rs} up\n{rs} up\necho '-- up'\n{show}\n{rs} down\n{rs} down\necho '-- down'\n{show}",
-        rs = rs.display()
+        "ip link set lo up\nexport VIP=10.0.2.100 PIHA_REALSERVER_SAVED={saved}/arp\n\
+         echo 2 >/proc/sys/net/ipv4/conf/all/arp_ignore\necho 1 >/proc/sys/net/ipv4/conf/all/arp_announce\n\
+         {rs} up\n{rs} up\necho '-- up'\n{show}\n{rs} down\n{rs} down\necho '-- down'\n{show}",
+        rs = rs.display(),
+        saved = saved.path().display()
     );
     let out = in_netns(&script);
     let output = text(&out);
@@ -110,7 +115,11 @@ fn realserver_puts_the_vip_on_lo_with_arp_sysctls_and_takes_it_away() {
         "arp sysctls on all AND lo:\n{output}"
     );
     assert!(down.contains("lo=127.0.0.1/8 \n"), "{output}");
-    assert!(down.contains("all=0/0") && down.contains("lo=0/0"), "{output}");
+    assert!(
+        down.contains("all=2/1") && down.contains("lo=0/0"),
+        "the values found before `up`:\n{output}"
+    );
+    assert!(!saved.path().join("arp").exists(), "the saved values are forgotten once restored");
 }
 
 #[test]

@@ -33,6 +33,13 @@ fn the_printed_offline_route_builds_a_finished_image() {
     let unreachable = |what: &str| error.lines().any(|l| l.contains("cannot reach ") && l.contains(what));
     assert!(unreachable("pkgs.k8s.io"), "no unreachable Kubernetes source named:\n{error}");
     assert!(unreachable("(CRI-O "), "no unreachable CRI-O source named:\n{error}");
+    // Each once: no WARN line of a failed curl beside the preflight's own.
+    assert!(!error.contains("WARN"), "{error}");
+    let named: Vec<&str> = error.lines().filter(|l| l.contains("cannot reach ")).collect();
+    let mut unique = named.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(named.len(), unique.len(), "{error}");
     let route = route_of(&error);
     assert_eq!(route, shared.route, "the route the shared build ran is not the one piha prints now");
 

@@ -145,6 +145,12 @@ impl State {
                 path.display()
             )
         })?;
+        if state.schema == 0 {
+            anyhow::bail!(
+                "{}: schema 0 was never written by a piha-agent (fix: inspect it, then `piha-agent reset` to start over)",
+                path.display()
+            );
+        }
         if state.schema > SCHEMA {
             anyhow::bail!(
                 "{}: schema {} is newer than this agent understands ({SCHEMA}) (fix: boot the image that wrote it, or `piha-agent reset`)",
@@ -224,5 +230,18 @@ mod tests {
         std::fs::write(&path, "{not json").unwrap();
         let err = format!("{:#}", State::load(&path).unwrap_err());
         assert!(err.contains("piha-agent reset"), "{err}");
+    }
+
+    /// Schema 0 (never written) and a schema from a newer agent are refused,
+    /// not read as a state with every step to do.
+    #[test]
+    fn a_schema_this_agent_never_wrote_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        for (schema, says) in [(0, "schema 0 was never written"), (super::SCHEMA + 1, "is newer than this agent")] {
+            std::fs::write(&path, format!("{{\"schema\": {schema}, \"runs\": 1}}")).unwrap();
+            let err = format!("{:#}", State::load(&path).unwrap_err());
+            assert!(err.contains(says) && err.contains("piha-agent reset"), "{err}");
+        }
     }
 }

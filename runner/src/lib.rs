@@ -192,7 +192,10 @@ impl Runner for SystemRunner {
         if status.success() {
             Ok(Output { stdout, stderr })
         } else {
-            log::warn!("failed ({status}): {}", cmd.display());
+            // Debug, not a warning: the error goes back to the caller, which
+            // reports it (preflight names each unreachable source once) or
+            // expects it (a probe that finds nothing yet).
+            log::debug!("failed ({status}): {}", cmd.display());
             Err(RunError::Failed {
                 command: cmd.display(),
                 status: status.to_string(),

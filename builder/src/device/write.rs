@@ -222,18 +222,21 @@ fn digest_of_digests(digests: &[[u8; 32]]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Zeroes the first MiB, and the last MiB when it lies past the image (a
-/// bigger card's old backup GPT, which UEFI firmware would otherwise find),
-/// then syncs so this reaches the medium before any image byte does.
+/// Zeroes the first MiB, and whatever of the last MiB lies past the image
+/// (a bigger card's old backup GPT: its header is the last sector and its
+/// entries the 16 KiB before, which UEFI firmware would otherwise find, even
+/// on a card only a few sectors bigger than the image), then syncs so this
+/// reaches the medium before any image byte does.
 fn wipe_tables(target: &dyn WriteTarget, image_size: u64) -> std::io::Result<u64> {
     let size = target.size();
     let zeros = vec![0u8; HEAD as usize];
     let first = HEAD.min(size);
     target.write_at(0, &zeros[..first as usize])?;
     let mut wiped = first;
-    if size >= image_size + HEAD && size - HEAD >= first {
-        target.write_at(size - HEAD, &zeros)?;
-        wiped += HEAD;
+    let tail = size.saturating_sub(HEAD).max(image_size).max(first);
+    if tail < size {
+        target.write_at(tail, &zeros[..(size - tail) as usize])?;
+        wiped += size - tail;
     }
     target.sync()?;
     Ok(wiped)
@@ -362,9 +365,40 @@ fn write_chunks(rx: Receiver<Arc<Chunk>>, job: Job<'_>, verify_tx: Option<SyncSe
 
 #[cfg(test)]
 mod tests {
+    use crate::device::target::FileTarget;
     use crate::image::bmap::{Bmap, BmapRange};
 
-    use super::{Extent, HEAD, extents};
+    use super::{Extent, HEAD, extents, wipe_tables};
+
+    /// Whatever the card's size past the image, an old backup GPT in its
+    /// last sectors is zeroed, and nothing the image will cover is touched
+    /// but the first MiB.
+    #[test]
+    fn the_old_backup_gpt_is_wiped_whatever_the_size_difference() {
+        let image = 4 * HEAD;
+        for extra in [0, 512, 16 * 1024 + 512, HEAD - 512, HEAD, 3 * HEAD] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("card");
+            let size = image + extra;
+            std::fs::write(&path, vec![0xAAu8; size as usize]).unwrap();
+            let target = FileTarget::open_existing(&path).unwrap();
+            let wiped = wipe_tables(&target, image).unwrap();
+            drop(target);
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(bytes[..HEAD as usize].iter().all(|&b| b == 0), "extra {extra}: first MiB");
+            assert!(
+                bytes[HEAD as usize..image as usize].iter().all(|&b| b == 0xAA),
+                "extra {extra}: the image's part"
+            );
+            let tail = &bytes[image as usize..];
+            let zeroed_from = tail.len().saturating_sub(HEAD as usize);
+            assert!(
+                tail[zeroed_from..].iter().all(|&b| b == 0),
+                "extra {extra}: the last MiB past the image"
+            );
+            assert_eq!(wiped, HEAD + extra.min(HEAD), "extra {extra}");
+        }
+    }
 
     #[test]
     fn ranges_are_cut_at_the_first_mib() {
