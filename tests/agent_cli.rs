@@ -14,23 +14,23 @@ use piha_config::secrets::for_role;
 #[test]
 fn an_invalid_node_yaml_exits_2_reports_and_touches_nothing() {
     let node = Node::new("cp1");
+    // Wrong, but sealed: a careless stamper, not a torn card.
     let text = std::fs::read_to_string(node.card.path().join("node.yaml")).unwrap();
-    std::fs::write(
-        node.card.path().join("node.yaml"),
-        text.replace("role: control-plane", "role: conductor"),
-    )
-    .unwrap();
+    let body = piha_config::node::unsealed(&text).replace("role: control-plane", "role: conductor");
+    std::fs::write(node.card.path().join("node.yaml"), piha_config::node::seal(&body)).unwrap();
     let before = files(node.root.path());
     let out = node.run();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("node.yaml is not usable; nothing was applied"), "{stderr}");
+    assert!(stderr.contains("the card is not usable; nothing was applied"), "{stderr}");
     let status = node.status();
     assert_eq!(status["phase"], "invalid-config");
     let error = status["error"].as_str().unwrap();
     assert!(error.contains("node.yaml") && error.contains("conductor"), "{error}");
     assert_eq!(files(node.root.path()), before, "nothing on the node may change, not even a log");
-    assert!(node.card.path().join("secrets").exists());
+    // The card it refused keeps no secrets: a card thrown away now gives nothing away.
+    assert!(!node.card.path().join("secrets").exists());
+    assert!(error.contains("secrets were overwritten and removed"), "{error}");
 }
 
 #[test]
@@ -106,11 +106,12 @@ fn reset_forgets_the_steps_and_the_next_run_needs_the_secrets_again() {
     let again = node.agent(&["reset"]).output().unwrap();
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to reset"));
 
-    // The secrets left the card when the node was done: the join cannot be redone without them.
+    // The secrets left the card when the node was done: a node that has
+    // forgotten its join cannot use the card, which lists secrets it lacks.
     let out = node.run();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let error = node.status()["error"].as_str().unwrap().to_string();
-    assert!(error.contains("bootstrap-token") && error.contains("re-stamp"), "{error}");
+    assert!(error.contains("the card holds none") && error.contains("re-stamp"), "{error}");
 
     // Re-stamped: kubeadm's leftovers are reset and the node joins again.
     for s in for_role(node_config("w1").node.role) {

@@ -390,6 +390,90 @@ fn stamped_node(file: &Path, offset: u64) -> String {
     NodeConfig::parse(Path::new("node.yaml"), &yaml).unwrap().node.name
 }
 
+/// A target that records every write in order (offset, length, whether it
+/// carried anything but zeros), and can refuse the stamp's one write of the
+/// whole PIHA-CFG filesystem (a card pulled out while it is stamped).
+struct Recorder<T: WriteTarget> {
+    inner: T,
+    writes: std::sync::Mutex<Vec<(u64, u64, bool)>>,
+    fail_stamp: bool,
+}
+
+impl<T: WriteTarget> WriteTarget for Recorder<T> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        if self.fail_stamp && offset == CFG_START && buf.len() as u64 == CFG_SIZE {
+            return Err(std::io::Error::other("injected: the card was pulled out"));
+        }
+        self.writes
+            .lock()
+            .unwrap()
+            .push((offset, buf.len() as u64, buf.iter().any(|b| *b != 0)));
+        self.inner.write_at(offset, buf)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    fn read_back(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_back(offset, buf)
+    }
+}
+
+/// `piha flash`'s order: the image's body, then the stamp, and only then the
+/// first MiB with the partition table; a stamp that fails leaves that MiB
+/// zeroed, so the card never looks bootable while it is incomplete.
+#[test]
+fn flash_stamps_the_card_before_its_partition_table_goes_on() {
+    let t = TestImage::new();
+    let lab = Lab::new();
+    let cluster_path = lab.cluster();
+    let cluster = piha_config::cluster::ClusterFile::load(&cluster_path).unwrap();
+    let secrets_dir = piha::card::secrets::default_dir(&cluster_path);
+    let id = piha::card::stamp::Identity {
+        cluster: &cluster,
+        cluster_path: &cluster_path,
+        secrets_dir: &secrets_dir,
+        node: "cp2",
+    };
+    let source = ImageSource::open(&t.zst, None, &SystemRunner).unwrap();
+    for fail_stamp in [false, true] {
+        let backing = t.path("card.img");
+        pattern_file(&backing, 80 * MIB, 0);
+        let mut target = Recorder {
+            inner: FileTarget::open_existing(&backing).unwrap(),
+            writes: std::sync::Mutex::new(Vec::new()),
+            fail_stamp,
+        };
+        let result = piha::card::flash::write_card(id, &source, &mut target, &Progress::quiet(), Verify::ReadBack);
+        let writes = target.writes.into_inner().unwrap();
+        let head_data = writes.iter().position(|&(o, _, data)| o < HEAD && data);
+        if fail_stamp {
+            let err = format!("{:#}", result.err().expect("the stamp failed"));
+            assert!(err.contains("partition table was not written and the card is blank"), "{err}");
+            assert_eq!(head_data, None, "the first MiB got data: {writes:?}");
+            let got = fs::read(&backing).unwrap();
+            assert!(got[..HEAD as usize].iter().all(|b| *b == 0), "the first MiB is not zeroed");
+        } else {
+            result.expect("flash");
+            let stamp = writes
+                .iter()
+                .rposition(|&(o, l, _)| o == CFG_START && l == CFG_SIZE)
+                .expect("the stamp's write");
+            let head = head_data.expect("the partition table was written");
+            assert!(
+                stamp < head,
+                "the stamp (write {stamp}) went on after the table (write {head}): {writes:?}"
+            );
+            assert_eq!(stamped_node(&backing, CFG_START), "cp2");
+        }
+    }
+}
+
 #[test]
 fn cli_flashes_a_loop_device_stamps_it_and_records_it() {
     let t = TestImage::new();

@@ -187,6 +187,12 @@ fn second_init_changes_nothing_and_rotate_needs_yes() {
     let old_hash = Secrets::load(&dir).unwrap().ca_cert_hash().unwrap();
     let out = piha(&["rotate-secrets", "--yes"], &cluster);
     assert!(out.status.success(), "{}", text(&out));
+    // It says plainly what it leaves as it was.
+    let said = text(&out);
+    assert!(
+        said.contains("does NOT revoke") && said.contains("kubeadm token delete") && said.contains("every card"),
+        "{said}"
+    );
     assert_private(&dir);
     assert_ne!(Secrets::load(&dir).unwrap().ca_cert_hash().unwrap(), old_hash);
     let olds: Vec<PathBuf> = fs::read_dir(tmp.path())

@@ -119,12 +119,25 @@ fn up_killed_half_way(cluster: &Path, lab: &Path, image: &Path) {
     let _ = child.wait();
 }
 
+/// Runs `piha lab down` on drop: a failed assertion must not leave six VMs
+/// running under the rest of the test run.
+struct DownOnDrop<'a>(&'a Path);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = piha().args(["lab", "down", "--dir"]).arg(self.0).output();
+        }
+    }
+}
+
 #[test]
 fn lab_up_check_down_on_the_qemu_lab_cluster() {
     let _g = heavy();
     let image = shared_build("amd64").image.clone();
     let (dir, cluster) = workdir("qemu-lab");
     let lab = dir.join("lab");
+    let _down = DownOnDrop(&lab);
 
     // A `piha lab up` killed half-way leaves a namespace and a VM ...
     up_killed_half_way(&cluster, &lab, &image);

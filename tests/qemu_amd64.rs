@@ -26,8 +26,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use support::heavy;
-use support::image::{ext4_exists, fat_write};
-use support::lab::{Lab, boot_until_poweroff, kubeadm_calls, observed, root_fs, status, tail};
+use support::image::{ext4_exists, extract, fat_list, fat_write};
+use support::lab::{Lab, assert_no_secret_bytes, boot_until_poweroff, kubeadm_calls, observed, root_fs, status, tail};
 use support::qemu::{Boot, BootResult, Machine};
 
 /// The shared amd64 image and one `piha init` per test binary.
@@ -46,8 +46,9 @@ fn boot_node(img: &Path, name: &str) -> BootResult {
 #[test]
 fn invalid_node_yaml_is_reported_and_nothing_is_applied() {
     let _g = heavy();
-    let img = fixture().stamped("w1");
-    fat_write(&img, 2, "node.yaml", b"schema: 1\nnode:\n  name: Not_A_Valid_Name\n");
+    // A control plane's card (the CA keys, the token) whose node.yaml is bad.
+    let img = fixture().stamped("cp2");
+    fat_write(&img, 2, "node.yaml", b"schema: 2\nnode:\n  name: Not_A_Valid_Name\n");
     let r = boot_node(&img, "invalid");
     assert!(r.console.contains("piha-agent["), "agent never started:\n{}", tail(&r.console));
 
@@ -55,6 +56,16 @@ fn invalid_node_yaml_is_reported_and_nothing_is_applied() {
     assert_eq!(s["phase"], "invalid-config", "{s:#}");
     let err = s["error"].as_str().unwrap_or_default();
     assert!(err.contains("node.yaml"), "error does not name the file: {err}");
+    // A card the agent refuses gives nothing away when it is thrown away.
+    assert!(err.contains("secrets were overwritten and removed"), "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = extract(&img, 2, dir.path());
+    assert!(!fat_list(&cfg).iter().any(|f| f.starts_with("secrets")), "{:?}", fat_list(&cfg));
+    assert_no_secret_bytes(
+        fixture(),
+        &std::fs::read(&cfg).expect("PIHA-CFG"),
+        "the refused card's raw PIHA-CFG",
+    );
 
     let o = observed(&img);
     assert_ne!(o["hostname"], "w1");

@@ -165,7 +165,7 @@ fn arm64_uefi_init_control_plane_boots_under_aavmf_grows_its_root_and_second_boo
     let console = img.with_file_name("cp1.console.log");
     let r = boot_logged(Boot::new(Machine::Arm64Uefi, img, &console), "arm64-uefi cp1");
     assert_arm64_kernel(&r, "cp1");
-    assert_init_control_plane(img, &r, "cp1", "10.0.2.11/24");
+    assert_init_control_plane(uefi_lab(), img, &r, "cp1", "10.0.2.11/24");
     assert_root_grown(&card, "cp1");
 
     let console2 = img.with_file_name("cp1-second-boot.console.log");

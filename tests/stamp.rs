@@ -13,6 +13,7 @@
 // Command::new is for piha's own code, which goes through piha_runner.
 #![allow(clippy::disallowed_methods)]
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -86,8 +87,9 @@ fn expected_node_yaml(node: &str, renderer: &str) -> String {
     };
     format!(
         "\
-# piha node identity for {node}. Written by `piha stamp`; edit with care, `piha-agent` validates it.
-schema: 1
+# piha node identity for {node}. Written by `piha stamp`; do not edit: the last line is a checksum
+# of the rest, which `piha-agent` checks. To change the node, re-stamp the card.
+schema: 2
 node:
   name: {node}
   role: {role}
@@ -115,6 +117,7 @@ cluster:
   vrrp_router_id: 52
   network_renderer: {renderer}
   key_algorithm: ecdsa-p256
+  token_ttl: 24h
 peers:
 - name: lb1
   ip: 10.0.2.10
@@ -135,6 +138,36 @@ ssh_authorized_keys:
 - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOZxurD8U1Lk/PGlDFJlnQTHb0FZEjo026lcX1Oktx3Q tester@piha
 "
     )
+}
+
+/// node.yaml as stamped onto a card holding `files`, after checking what
+/// `expected_node_yaml` leaves out: the agent's own reader accepts it (the
+/// seal line holds), it was stamped just now, and its `card.secrets` are
+/// the digests of exactly the secret files on the card. Returns the text
+/// without the `card:` section and the seal line.
+fn stamped_yaml(files: &[(String, Vec<u8>)]) -> String {
+    let text = String::from_utf8(mtools_file(files, "node.yaml").expect("node.yaml on the card")).unwrap();
+    let cfg = NodeConfig::parse(Path::new("node.yaml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        now.abs_diff(cfg.card.stamped_at) < 3600,
+        "stamped_at {} is not now",
+        cfg.card.stamped_at
+    );
+    let on_card: BTreeMap<String, String> = files
+        .iter()
+        .filter_map(|(p, b)| {
+            p.strip_prefix("secrets/")
+                .map(|rel| (rel.to_string(), piha_config::node::secret_digest(b)))
+        })
+        .collect();
+    assert_eq!(cfg.card.secrets, on_card, "the digests in node.yaml are the card's files");
+    assert_eq!(cfg.card.ca_not_before.is_some(), !on_card.is_empty(), "{text}");
+    let cut = text.find("\ncard:\n").expect("a card: section") + 1;
+    text[..cut].to_string()
 }
 
 fn piha_status(args: &[&str]) -> Output {
@@ -430,10 +463,7 @@ fn partition_images_hold_what_each_role_needs() {
 
         assert_eq!(file_names(&files), card_files(wanted, false), "the files on {node}'s card");
 
-        let yaml = String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap();
-        assert_eq!(yaml, expected_node_yaml(node, "networkd"));
-        // The agent's own reader accepts it.
-        NodeConfig::parse(Path::new("node.yaml"), &yaml).unwrap();
+        assert_eq!(stamped_yaml(&files), expected_node_yaml(node, "networkd"));
         let readme = String::from_utf8(mtools_file(&files, "README.txt").unwrap()).unwrap();
         assert!(
             readme.starts_with(&format!(
@@ -482,10 +512,7 @@ fn stamping_a_gpt_image_changes_only_piha_cfg() {
     assert!(out.contains(&sha(&after[start as usize..(start + size) as usize])), "{out}");
     fsck(&img, start, size);
     let files = mtools_files(&spec(&img, start));
-    assert_eq!(
-        String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap(),
-        expected_node_yaml("cp2", "networkd")
-    );
+    assert_eq!(stamped_yaml(&files), expected_node_yaml("cp2", "networkd"));
     assert_eq!(
         mtools_file(&files, "image.json").as_deref(),
         Some(AMD64_IMAGE_JSON),
@@ -498,6 +525,30 @@ fn stamping_a_gpt_image_changes_only_piha_cfg() {
     .unwrap();
     assert!(blkid.contains("LABEL=PIHA-CFG") && blkid.contains("TYPE=vfat"), "{blkid}");
     cross_check_with_sfdisk(&img, true);
+}
+
+/// An image cut short (a download or copy that stopped): refused before
+/// anything is written, and not grown back to size.
+#[test]
+fn a_truncated_image_is_refused_and_left_as_it_was() {
+    let lab = Lab::new();
+    for gpt in [true, false] {
+        let img = lab.path(if gpt { "gpt.img" } else { "mbr.img" });
+        let layout = if gpt {
+            uefi_layout(piha_cfg(AMD64_IMAGE_JSON))
+        } else {
+            pi_layout(piha_cfg(b"{}"))
+        };
+        let placed = make_disk(&img, &layout, gpt);
+        let last_end = placed.iter().map(|(start, size)| start + size).max().unwrap();
+        let f = fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.set_len(last_end - MIB).unwrap();
+        drop(f);
+        let before = fs::read(&img).unwrap();
+        let err = failed(&lab.stamp("cp2", &img));
+        assert!(err.contains("is truncated") && err.contains("nothing was written"), "{err}");
+        assert_eq!(fs::read(&img).unwrap(), before, "the image was changed");
+    }
 }
 
 #[test]
@@ -515,10 +566,7 @@ fn stamping_an_mbr_image_changes_only_piha_cfg() {
     assert_only_region_changed(&before, &after, start, size);
     fsck(&img, start, size);
     let files = mtools_files(&spec(&img, start));
-    assert_eq!(
-        String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap(),
-        expected_node_yaml("w1", "networkd")
-    );
+    assert_eq!(stamped_yaml(&files), expected_node_yaml("w1", "networkd"));
     for (path, contents) in &files {
         assert!(
             !String::from_utf8_lossy(contents).contains("PRIVATE KEY"),
@@ -543,10 +591,7 @@ fn a_fresh_unformatted_piha_cfg_partition_is_stamped() {
         ["README.txt", "node.yaml"],
         "a director gets no secrets, and there was no image.json to keep"
     );
-    assert_eq!(
-        String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap(),
-        expected_node_yaml("lb1", "networkd")
-    );
+    assert_eq!(stamped_yaml(&files), expected_node_yaml("lb1", "networkd"));
 }
 
 #[test]
@@ -558,10 +603,7 @@ fn node_yaml_names_the_network_renderer_of_the_image_distro() {
     ok(&lab.stamp("cp2", &img));
     let files = mtools_files(&spec(&img, placed[1].0));
     // The cluster file says Debian (networkd), the image is Ubuntu: the image wins.
-    assert_eq!(
-        String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap(),
-        expected_node_yaml("cp2", "netplan")
-    );
+    assert_eq!(stamped_yaml(&files), expected_node_yaml("cp2", "netplan"));
     assert_eq!(mtools_file(&files, "image.json").as_deref(), Some(image_json));
 }
 
@@ -631,10 +673,7 @@ fn restamping_changes_the_identity() {
         fsck(&img, start, size);
         let files = mtools_files(&spec(&img, start));
         assert_eq!(file_names(&files), card_files(secrets, true), "after stamping {node}");
-        assert_eq!(
-            String::from_utf8(mtools_file(&files, "node.yaml").unwrap()).unwrap(),
-            expected_node_yaml(node, "networkd")
-        );
+        assert_eq!(stamped_yaml(&files), expected_node_yaml(node, "networkd"));
         assert_eq!(mtools_file(&files, "image.json").as_deref(), Some(AMD64_IMAGE_JSON));
     }
 }

@@ -12,6 +12,8 @@ use piha_runner::{Runner, SystemRunner};
 
 use crate::api_wait::{Probe, TcpProbe};
 use crate::cli::RunOpts;
+use crate::clock::{self, SystemClock};
+use crate::config_partition;
 use crate::crash::{self, CrashAt, CrashRunner, Guard};
 use crate::dry_run::{CommandLog, DryRunProbe, FastSleeper, LogRunner};
 use crate::paths::{COMMAND_LOG, Paths};
@@ -54,17 +56,19 @@ pub fn run(env: &Env, hooks: &Hooks) -> Ending {
     begin(&mut reporter, Step::ReadConfig);
     let cfg = match read_config::run(env) {
         Ok(cfg) => cfg,
-        Err(message) => {
-            log::error!("node.yaml is not usable; nothing was applied:\n{message}");
-            reporter.invalid_config(message);
-            return Ending::InvalidConfig;
-        }
+        Err(message) => return invalid_config(env, &mut reporter, message),
     };
     reporter.set_node(&cfg);
     let mut store = match Store::load(env.paths.state_file()) {
         Ok(store) => store,
         Err(e) => return fail(&mut reporter, Step::ReadConfig, &e),
     };
+    if let Err(message) = config_partition::check_secrets(env.paths, &cfg, store.state.joined.is_some()) {
+        return invalid_config(env, &mut reporter, message);
+    }
+    if let Err(e) = clock::at_least(env, cfg.card.stamped_at) {
+        return fail(&mut reporter, Step::ReadConfig, &e);
+    }
     for (what, version) in read_config::versions(env, &cfg) {
         reporter.set_version(&what, version);
     }
@@ -86,6 +90,9 @@ pub fn run(env: &Env, hooks: &Hooks) -> Ending {
             continue;
         }
         begin(&mut reporter, step);
+        if let (true, Some(not_before)) = (step.runs_kubeadm(), cfg.card.ca_not_before) {
+            clock::wait_for(env, not_before, &mut |what| reporter.waiting(what));
+        }
         match run_step(env, hooks, &cfg, &mut store, step) {
             Ok(facts) => {
                 for (what, fact) in facts {
@@ -120,6 +127,20 @@ fn run_step(env: &Env, hooks: &Hooks, cfg: &NodeConfig, store: &mut Store, step:
     store.state.set_done(step.name(), now());
     store.save().with_context(|| format!("recording step {} as done", step.name()))?;
     Ok(facts)
+}
+
+/// A card the agent cannot use: reported, nothing on the node changed, and
+/// its secrets scrubbed, so that a card thrown away now gives nothing away
+/// (re-stamping gives it a new copy).
+fn invalid_config(env: &Env, reporter: &mut Reporter, message: String) -> Ending {
+    log::error!("the card is not usable; nothing was applied:\n{message}");
+    let message = match config_partition::scrub_secrets(env.paths) {
+        Ok(true) => format!("{message}\nThe card's secrets were overwritten and removed: re-stamping writes them again."),
+        Ok(false) => message,
+        Err(e) => format!("{message}\nThe card's secrets could not be scrubbed: {e:#}"),
+    };
+    reporter.invalid_config(message);
+    Ending::InvalidConfig
 }
 
 fn fail(reporter: &mut Reporter, step: Step, err: &anyhow::Error) -> Ending {
@@ -163,6 +184,7 @@ pub fn command(opts: &RunOpts) -> anyhow::Result<ExitCode> {
         runner: &runner,
         probe,
         sleeper,
+        clock: &SystemClock,
         timings: &timings,
     };
     let hooks = Hooks {

@@ -29,6 +29,10 @@ pub enum Command {
     Status(StatusOpts),
     /// Forget every recorded step so the next run does them all again.
     Reset(ResetOpts),
+    /// Read the card as the next boot would (node.yaml, its checksum, each
+    /// secret's digest) and say whether it is complete; changes nothing.
+    /// Exit status 2 for a card the agent would refuse.
+    CheckCard(PathOpts),
 }
 
 /// Where the node's files and the config partition are.

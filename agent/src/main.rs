@@ -6,7 +6,9 @@
 
 mod agent;
 mod api_wait;
+mod check_card;
 mod cli;
+mod clock;
 mod config_partition;
 mod cpu;
 mod crash;
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Run(opts) => agent::command(opts),
         Command::Status(opts) => show::run(opts).map(|()| ExitCode::SUCCESS),
         Command::Reset(opts) => reset::run(opts).map(|()| ExitCode::SUCCESS),
+        Command::CheckCard(opts) => check_card::run(opts),
     };
     match result {
         Ok(code) => code,

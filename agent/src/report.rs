@@ -52,6 +52,7 @@ impl Reporter {
             steps: Vec::new(),
             versions: Default::default(),
             error: None,
+            waiting: None,
         };
         status.versions.insert("piha-agent".into(), env!("CARGO_PKG_VERSION").into());
         if let Ok(kernel) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
@@ -85,6 +86,7 @@ impl Reporter {
             error: None,
             stderr_tail: None,
         });
+        self.status.waiting = None;
         self.running = Some(Running {
             index: self.status.steps.len() - 1,
             wall: Instant::now(),
@@ -95,6 +97,7 @@ impl Reporter {
     }
 
     fn finish(&mut self, outcome: Outcome) -> Option<&mut StepRecord> {
+        self.status.waiting = None;
         let running = self.running.take()?;
         let cpu_now = cpu::used_ms();
         let step = self.status.steps.get_mut(running.index)?;
@@ -106,6 +109,12 @@ impl Reporter {
             _ => None,
         };
         Some(step)
+    }
+
+    /// What the running step waits for (`None`: nothing any more), written out.
+    pub fn waiting(&mut self, what: Option<String>) {
+        self.status.waiting = what;
+        self.write();
     }
 
     pub fn finish_ok(&mut self) {

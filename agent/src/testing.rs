@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use piha_config::cluster::ClusterFile;
-use piha_config::node::{NetworkRenderer, NodeConfig};
+use piha_config::cluster::Role;
+use piha_config::node::{CardFacts, NetworkRenderer, NodeConfig};
 use piha_config::secrets::{BOOTSTRAP_TOKEN, CA_CERT_HASH, for_role};
 use piha_config::status::Status;
 use piha_runner::{Cmd, Output, RecordingRunner, RunError, Runner, STDERR_TAIL, tail};
@@ -35,10 +36,14 @@ pub fn ca_cert_hash() -> String {
     format!("sha256:{}", "ab".repeat(32))
 }
 
-/// Writes node.yaml and the role's secrets as `piha stamp` does.
+/// When the test cards were stamped, and when their CA starts.
+pub const STAMPED_AT: u64 = 1_700_000_000;
+pub const CA_NOT_BEFORE: u64 = 1_699_990_000;
+
+/// Writes the role's secrets and node.yaml (with their digests) as `piha stamp` does.
 pub fn stamp(card: &Path, cfg: &NodeConfig) {
     std::fs::create_dir_all(card).unwrap();
-    std::fs::write(card.join("node.yaml"), cfg.to_yaml()).unwrap();
+    let mut written: Vec<(&str, Vec<u8>)> = Vec::new();
     for s in for_role(cfg.node.role) {
         let path = card.join("secrets").join(s.rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -50,8 +55,13 @@ pub fn stamp(card: &Path, cfg: &NodeConfig) {
             // The agent copies these byte for byte; it never parses them.
             format!("test material for {}\n", s.rel)
         };
-        std::fs::write(path, contents).unwrap();
+        std::fs::write(path, &contents).unwrap();
+        written.push((s.rel, contents.into_bytes()));
     }
+    let refs: Vec<(&str, &[u8])> = written.iter().map(|(r, b)| (*r, b.as_slice())).collect();
+    let mut cfg = cfg.clone();
+    cfg.card = CardFacts::new(STAMPED_AT, (cfg.node.role != Role::Director).then_some(CA_NOT_BEFORE), &refs);
+    std::fs::write(card.join("node.yaml"), cfg.to_yaml()).unwrap();
 }
 
 /// Runs commands by recording them; a command whose line starts with a
@@ -145,7 +155,26 @@ pub struct Scratch {
     pub runner: TestRunner,
     pub probe: TestProbe,
     pub sleeper: NoSleep,
+    pub clock: TestClock,
     pub timings: Timings,
+}
+
+/// A clock for tests: first the queued `readings`, then `now`, which moves
+/// a minute forward at each reading (so a wait for it ends).
+pub struct TestClock {
+    pub readings: Mutex<std::collections::VecDeque<u64>>,
+    pub now: Mutex<u64>,
+}
+
+impl crate::clock::Clock for TestClock {
+    fn now(&self) -> u64 {
+        if let Some(t) = self.readings.lock().unwrap().pop_front() {
+            return t;
+        }
+        let mut now = self.now.lock().unwrap();
+        *now += 60;
+        *now
+    }
 }
 
 impl Scratch {
@@ -181,6 +210,7 @@ impl Scratch {
             join_attempts: 2,
             join_pause: Duration::from_secs(60),
             time_sync_tries: 1,
+            clock: quick,
             system_call: quick,
         };
         Scratch {
@@ -197,6 +227,10 @@ impl Scratch {
                 tries: Mutex::new(Vec::new()),
             },
             sleeper: NoSleep::default(),
+            clock: TestClock {
+                readings: Mutex::new(Default::default()),
+                now: Mutex::new(STAMPED_AT + 60),
+            },
             timings,
         }
     }
@@ -207,6 +241,7 @@ impl Scratch {
             runner: &self.runner,
             probe: &self.probe,
             sleeper: &self.sleeper,
+            clock: &self.clock,
             timings: &self.timings,
         }
     }

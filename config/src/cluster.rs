@@ -52,6 +52,15 @@ pub struct Kubernetes {
     /// Key algorithm for the cluster CAs and service-account key.
     #[serde(default)]
     pub key_algorithm: KeyAlgorithm,
+    /// How long the bootstrap token stays valid after `kubeadm init`, as
+    /// hours, minutes and seconds (`24h`, `90m`, `1h30m`); never forever.
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl: String,
+}
+
+/// kubeadm's own default lifetime of a bootstrap token.
+pub(crate) fn default_token_ttl() -> String {
+    "24h".to_string()
 }
 
 fn default_pod_subnet() -> Ipv4Net {

@@ -97,4 +97,7 @@ pub struct Status {
     /// The error that stopped the agent, if any.
     #[serde(default)]
     pub error: Option<String>,
+    /// What the running step waits for, when it waits (e.g. the clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }

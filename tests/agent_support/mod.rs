@@ -9,8 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use piha_config::cluster::ClusterFile;
-use piha_config::node::{NetworkRenderer, NodeConfig};
+use piha_config::cluster::{ClusterFile, Role};
+use piha_config::node::{CardFacts, NetworkRenderer, NodeConfig};
 use piha_config::secrets::{BOOTSTRAP_TOKEN, CA_CERT_HASH, for_role};
 use tempfile::TempDir;
 
@@ -60,7 +60,7 @@ impl Node {
             root: scratch_dir(),
             card: scratch_dir(),
         };
-        std::fs::write(node.card.path().join("node.yaml"), cfg.to_yaml()).unwrap();
+        let mut written: Vec<(&str, Vec<u8>)> = Vec::new();
         for s in for_role(cfg.node.role) {
             let contents = if *s == BOOTSTRAP_TOKEN {
                 format!("{TOKEN}\n")
@@ -70,7 +70,13 @@ impl Node {
                 format!("test material for {}\n", s.rel)
             };
             node.write_card(&format!("secrets/{}", s.rel), &contents);
+            written.push((s.rel, contents.into_bytes()));
         }
+        // node.yaml carries each secret's digest, as `piha stamp` writes it.
+        let refs: Vec<(&str, &[u8])> = written.iter().map(|(r, b)| (*r, b.as_slice())).collect();
+        let mut cfg = cfg;
+        cfg.card = CardFacts::new(1_700_000_000, (cfg.node.role != Role::Director).then_some(1_699_990_000), &refs);
+        std::fs::write(node.card.path().join("node.yaml"), cfg.to_yaml()).unwrap();
         node.write("/sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory pids\n");
         node.write("/etc/fstab", "UUID=1 / ext4 defaults 0 1\n/swapfile none swap sw 0 0\n");
         let socket = node.host(cfg.cluster.runtime.socket_path());

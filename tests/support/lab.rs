@@ -344,7 +344,11 @@ pub fn assert_done(img: &Path, node: &str, role: &str) -> Value {
     s
 }
 
-pub fn assert_secrets_gone(img: &Path) {
+/// After the agent stopped: no `secrets/` on PIHA-CFG, nothing of them left
+/// in its raw bytes (no `PRIVATE KEY`, no token, no line of any key's
+/// base64), and the token in no file of the node (`token_files`, which the
+/// test profile's collect script fills in the VM).
+pub fn assert_secrets_gone(lab: &Lab, img: &Path) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = extract(img, 2, dir.path());
     assert!(fat_read(&cfg, "node.yaml").is_some(), "node.yaml must stay");
@@ -353,18 +357,40 @@ pub fn assert_secrets_gone(img: &Path) {
         !files.iter().any(|f| f.starts_with("secrets")),
         "secrets left on PIHA-CFG: {files:?}"
     );
+    assert_no_secret_bytes(lab, &std::fs::read(&cfg).expect("PIHA-CFG"), "the raw PIHA-CFG partition");
+    let o = observed(img);
+    if o.get("token_checked").map(String::as_str) == Some("1") {
+        assert_eq!(o["token_files"], "", "files on the node still holding the bootstrap token");
+    }
+}
+
+/// `bytes` hold none of the lab's secrets: no PEM private key header, not
+/// the bootstrap token nor its secret half, no base64 line of any key file.
+pub fn assert_no_secret_bytes(lab: &Lab, bytes: &[u8], what: &str) {
+    let found = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(!found(b"PRIVATE KEY"), "{what} holds `PRIVATE KEY`");
+    let token = lab.secret("bootstrap-token");
+    assert!(!found(token.as_bytes()), "{what} holds the bootstrap token");
+    let secret_half = token.split_once('.').expect("token").1;
+    assert!(!found(secret_half.as_bytes()), "{what} holds the token's secret");
+    for key in ["ca.key", "sa.key", "front-proxy-ca.key", "etcd/ca.key"] {
+        let pem = std::fs::read_to_string(lab.dir.join("secrets/pki").join(key)).expect("key file");
+        for line in pem.lines().filter(|l| !l.starts_with("-----") && l.len() >= 32) {
+            assert!(!found(line.as_bytes()), "{what} holds a line of {key}'s base64");
+        }
+    }
 }
 
 /// What a first boot of the init control plane `node` (address `cidr`) must
 /// leave: the agent done once, secrets scrubbed, identity applied, the VIP on
 /// `lo` as an LVS-DR real server, containerd running, and exactly one
 /// `kubeadm init` with the expected config and the CAs from the card.
-pub fn assert_init_control_plane(img: &Path, r: &BootResult, node: &str, cidr: &str) {
+pub fn assert_init_control_plane(lab: &Lab, img: &Path, r: &BootResult, node: &str, cidr: &str) {
     assert_console_shows_boot(r, node);
     assert_booted(img, node);
     let s = assert_done(img, node, "control-plane");
     assert_eq!(s["boots"], 1);
-    assert_secrets_gone(img);
+    assert_secrets_gone(lab, img);
 
     let o = observed(img);
     assert_eq!(o["hostname"], node);
@@ -436,7 +462,7 @@ pub fn assert_worker_joined(lab: &Lab, img: &Path, r: &BootResult, node: &str, a
     assert_console_shows_boot(r, node);
     assert_booted(img, node);
     assert_done(img, node, "worker");
-    assert_secrets_gone(img);
+    assert_secrets_gone(lab, img);
 
     let o = observed(img);
     assert_eq!(o["hostname"], node);

@@ -15,6 +15,7 @@ use piha_config::render::{self, NETPLAN_FILE, NETWORKD_FILE};
 use piha_runner::Cmd;
 
 use super::{Env, Step, kubeadm};
+use crate::config_partition;
 use crate::files;
 use crate::retry::retry;
 use crate::state::{NodeIdentity, Store};
@@ -23,10 +24,17 @@ pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<()>
     let wanted = NodeIdentity::of(cfg);
     if let Some(joined) = &store.state.joined {
         if !same_member(joined, &wanted) {
+            // This board will never use the other node's secrets: they leave
+            // the card now, not when (if ever) that card reaches its node.
+            let scrubbed = match config_partition::scrub_secrets(env.paths) {
+                Ok(true) => " The card's secrets were overwritten and removed: re-stamping writes them again.".to_string(),
+                Ok(false) => String::new(),
+                Err(e) => format!(" The card's secrets could not be scrubbed: {e:#}."),
+            };
             anyhow::bail!(
                 "this board already joined as {} but the card now says {}: a node cannot silently change its cluster identity \
                  (fix: put the card stamped for {} back, or to re-purpose this board run `kubeadm reset -f` (directors: \
-                 `systemctl disable --now keepalived`), then `piha-agent reset`, re-stamp the card and reboot; or flash the image afresh)",
+                 `systemctl disable --now keepalived`), then `piha-agent reset`, re-stamp the card and reboot; or flash the image afresh).{scrubbed}",
                 joined.describe(),
                 wanted.describe(),
                 joined.name
@@ -197,6 +205,8 @@ mod tests {
         );
         assert_eq!(s.read(HOSTNAME), "w1\n");
         assert!(!s.read(NETWORKD_FILE).contains("10.0.2.13"));
+        assert!(!s.card.path().join("secrets").exists(), "the refused card keeps no secrets");
+        assert!(error.contains("secrets were overwritten and removed"), "{error}");
         let commands = s.commands();
         assert!(
             !commands.iter().any(|c| c.starts_with("hostname") || c.starts_with("networkctl")),

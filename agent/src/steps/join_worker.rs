@@ -14,6 +14,7 @@ pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use crate::agent::Ending;
+    use crate::steps::kubeadm;
     use crate::testing::{Scratch, TOKEN, ca_cert_hash};
 
     #[test]
@@ -29,8 +30,13 @@ mod tests {
         );
         assert!(!s.paths.host("/etc/piha/vip.env").exists());
         assert!(!s.paths.host("/etc/kubernetes/pki").exists(), "a worker gets no CA keys");
+        // kubeadm ran with the token; then the token left the file.
         let config = s.read("/etc/piha/kubeadm.yaml");
-        assert!(config.contains(TOKEN) && config.contains(&ca_cert_hash()), "{config}");
+        assert!(!config.contains(TOKEN), "{config}");
+        assert!(
+            config.contains(kubeadm::TOKEN_REMOVED) && config.contains(&ca_cert_hash()),
+            "{config}"
+        );
         assert!(!config.contains("controlPlane"), "{config}");
     }
 }

@@ -50,12 +50,13 @@ const KUBELET_UNITS: [&str; 3] = [
 ];
 
 /// Writes the role's files (kubeadm config with the card's token and CA
-/// hash, the VIP file on control planes).
-pub fn write_role_files(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
+/// hash, the VIP file on control planes). Returns the token, for
+/// [`forget_token`] once kubeadm has run.
+pub fn write_role_files(env: &Env, cfg: &NodeConfig) -> anyhow::Result<String> {
     let secrets = config_partition::join_secrets(env.paths)?;
     let rendered = render::role_files(cfg, Some(&secrets)).context("rendering the kubeadm configuration")?;
     files::apply(env.paths, &rendered)?;
-    Ok(())
+    Ok(secrets.token)
 }
 
 /// Enables the kubelet so it starts on later boots. The image is the same for
@@ -124,6 +125,38 @@ pub fn place_pki(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the bootstrap token becomes in /etc/piha/kubeadm.yaml once kubeadm
+/// has run with it.
+pub const TOKEN_REMOVED: &str = "removed-by-piha-agent-after-kubeadm";
+
+/// Once kubeadm has run, this node needs the bootstrap token no more: it
+/// leaves /etc/piha/kubeadm.yaml (the file stays, to show what kubeadm was
+/// given), and kubeadm's bootstrap kubeconfig goes once the kubelet has its
+/// own. A copy of the node's disk then carries no token. Idempotent.
+pub fn forget_token(env: &Env, token: &str) -> anyhow::Result<()> {
+    let path = env.paths.host(KUBEADM_CONFIG);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.contains(token) => {
+            let text = text.replace(token, TOKEN_REMOVED);
+            atomic::write(&path, text.as_bytes(), Some(Perm::root(0o600))).with_context(|| format!("writing {}", path.display()))?;
+            log::info!("removed the bootstrap token from {KUBEADM_CONFIG}: kubeadm has run");
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let bootstrap = env.paths.host(BOOTSTRAP_KUBELET_CONF);
+    if bootstrap.exists() && env.paths.host(KUBELET_CONF).exists() {
+        std::fs::remove_file(&bootstrap).with_context(|| format!("removing {}", bootstrap.display()))?;
+        log::info!("removed {BOOTSTRAP_KUBELET_CONF}: the kubelet has its own credentials");
+    }
+    Ok(())
+}
+
+/// kubeadm join's kubeconfig holding the bootstrap token, and the kubelet's own.
+const BOOTSTRAP_KUBELET_CONF: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
+const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
+
 /// `kubeadm init|join --config /etc/piha/kubeadm.yaml`. Never
 /// `--upload-certs`: the CAs are already on every control plane.
 pub fn command(verb: &str) -> Cmd {
@@ -153,14 +186,14 @@ pub fn start_realserver(env: &Env) -> anyhow::Result<()> {
 /// the DONE mark makes it idempotent) wait for the API at VIP:port and
 /// `kubeadm join`.
 pub fn join_once(env: &Env, store: &mut Store, step: &str, cfg: &NodeConfig) -> anyhow::Result<()> {
-    write_role_files(env, cfg)?;
+    let token = write_role_files(env, cfg)?;
     enable_kubelet(env)?;
     if !store.has_mark(step, DONE) {
         let api = SocketAddrV4::new(cfg.cluster.vip, cfg.cluster.api_port);
         join(env, store, step, cfg, api)?;
         store.mark(step, DONE)?;
     }
-    Ok(())
+    forget_token(env, &token)
 }
 
 pub fn join(env: &Env, store: &mut Store, step: &str, cfg: &NodeConfig, api: SocketAddrV4) -> anyhow::Result<()> {

@@ -37,6 +37,7 @@ use piha_config::render::kubeadm::{Action, action};
 use piha_runner::Runner;
 
 use crate::api_wait::Probe;
+use crate::clock::Clock;
 use crate::paths::Paths;
 use crate::retry::{Backoff, Sleeper};
 use crate::state::Store;
@@ -103,6 +104,11 @@ impl Step {
         steps
     }
 
+    /// Whether the step runs kubeadm, which needs a clock past the CA's start.
+    pub fn runs_kubeadm(self) -> bool {
+        matches!(self, Step::InitControlPlane | Step::JoinControlPlane | Step::JoinWorker)
+    }
+
     /// Every step that depends on the node's identity (re-run for a new one).
     pub const AFTER_IDENTITY: [Step; 7] = [
         Step::HostPrep,
@@ -139,6 +145,7 @@ pub struct Env<'a> {
     pub runner: &'a dyn Runner,
     pub probe: &'a dyn Probe,
     pub sleeper: &'a dyn Sleeper,
+    pub clock: &'a dyn Clock,
     pub timings: &'a Timings,
 }
 
@@ -164,6 +171,8 @@ pub struct Timings {
     pub join_pause: Duration,
     /// `chronyc waitsync` tries, 2 s apart, after configuring time sync.
     pub time_sync_tries: u32,
+    /// A clock behind the CA's start, before kubeadm: unbounded, the pause capped at 30 s.
+    pub clock: Backoff,
     /// Calls to system services over D-Bus (`networkctl reload`, `netplan
     /// apply`): on a machine busy with its first boot they can time out
     /// (D-Bus waits 25 s) and succeed a moment later.
@@ -183,6 +192,7 @@ impl Default for Timings {
             join_attempts: 3,
             join_pause: s(60),
             time_sync_tries: 15,
+            clock: Backoff::new(s(2), s(30), None),
             system_call: Backoff::new(s(2), s(10), Some(4)),
         }
     }

@@ -81,17 +81,50 @@ mod tests {
             ("read-config", Outcome::Failed)
         );
         assert_eq!(tree(&s.paths.root), root_before, "nothing may change on the node");
+        assert!(!s.paths.card_secrets().exists(), "a refused card keeps no secrets");
         assert_eq!(s.commands(), Vec::<String>::new(), "no command may run");
+    }
+
+    /// Replaces `old` with `new` in node.yaml and seals it again: a card a
+    /// careless stamper wrote wrong, not a torn one.
+    fn edit_node_yaml(s: &Scratch, old: &str, new: &str) {
+        let text = std::fs::read_to_string(s.paths.node_file()).unwrap();
+        let body = piha_config::node::unsealed(&text).replace(old, new);
+        std::fs::write(s.paths.node_file(), piha_config::node::seal(&body)).unwrap();
+    }
+
+    #[test]
+    fn a_torn_node_yaml_changes_nothing() {
+        let s = Scratch::new("cp1");
+        let before = tree(&s.paths.root);
+        let text = std::fs::read_to_string(s.paths.node_file()).unwrap();
+        std::fs::write(s.paths.node_file(), &text[..text.len() / 2]).unwrap();
+        assert_invalid(&s, &before, &["node.yaml", "checksum line", "re-stamp"]);
+    }
+
+    /// A secret that is not what node.yaml's digest says (a stamp cut short
+    /// after node.yaml, before the key): invalid, never copied to the node.
+    #[test]
+    fn a_secret_that_does_not_match_its_digest_is_invalid_config() {
+        let s = Scratch::new("cp1");
+        let before = tree(&s.paths.root);
+        std::fs::write(s.paths.card_secret("pki/ca.key"), vec![0u8; 227]).unwrap();
+        assert_invalid(&s, &before, &["pki/ca.key is not what was stamped", "re-stamp"]);
+    }
+
+    #[test]
+    fn missing_secrets_on_a_node_that_has_not_joined_are_invalid_config() {
+        let s = Scratch::new("w1");
+        let before = tree(&s.paths.root);
+        std::fs::remove_dir_all(s.paths.card_secrets()).unwrap();
+        assert_invalid(&s, &before, &["lists 2 secret files, but the card holds none", "re-stamp"]);
     }
 
     #[test]
     fn an_invalid_node_yaml_changes_nothing() {
         let s = Scratch::new("cp1");
         let before = tree(&s.paths.root);
-        let text = std::fs::read_to_string(s.paths.node_file())
-            .unwrap()
-            .replace("address: 10.0.2.11/24", "address: 10.0.2.311/24");
-        std::fs::write(s.paths.node_file(), text).unwrap();
+        edit_node_yaml(&s, "address: 10.0.2.11/24", "address: 10.0.2.311/24");
         assert_invalid(&s, &before, &["node.yaml", "node.address", "fix:"]);
     }
 
@@ -99,10 +132,7 @@ mod tests {
     fn an_unknown_field_is_reported_with_its_name() {
         let s = Scratch::new("w1");
         let before = tree(&s.paths.root);
-        let text = std::fs::read_to_string(s.paths.node_file())
-            .unwrap()
-            .replace("  gateway:", "  gatway:");
-        std::fs::write(s.paths.node_file(), text).unwrap();
+        edit_node_yaml(&s, "  gateway:", "  gatway:");
         assert_invalid(&s, &before, &["node.yaml", "gatway"]);
     }
 

@@ -11,7 +11,7 @@ use crate::image::info::{IMAGE_INFO_FILE, ImageInfo};
 use crate::inputs::distro;
 use anyhow::{Context, bail};
 use piha_config::cluster::{ClusterFile, Role};
-use piha_config::node::{NODE_FILE, NetworkRenderer, NodeConfig};
+use piha_config::node::{CardFacts, NODE_FILE, NetworkRenderer, NodeConfig};
 use piha_config::secrets;
 
 /// For the human who mounts the card on a laptop.
@@ -60,18 +60,26 @@ pub fn node_config(cluster: &ClusterFile, cluster_path: &Path, node: &str, distr
     })
 }
 
+/// The secrets a card gets: the files (`secrets/<rel>`) and the CA's notBefore.
+#[derive(Debug, Default)]
+pub struct CardSecrets {
+    pub files: Vec<FatFile>,
+    pub ca_not_before: Option<u64>,
+}
+
 /// The secret files `role` gets, as they go onto the card (`secrets/<rel>`).
 /// Directors get none and need no secrets directory; for the others the
 /// directory must belong to this cluster, and the token and discovery hash are
 /// checked (a stale hash would make every join fail).
-pub fn secret_files(role: Role, cluster: &ClusterFile, cluster_path: &Path, secrets_dir: &Path) -> anyhow::Result<Vec<FatFile>> {
+pub fn secret_files(role: Role, cluster: &ClusterFile, cluster_path: &Path, secrets_dir: &Path) -> anyhow::Result<CardSecrets> {
     let wanted = secrets::for_role(role);
     if wanted.is_empty() {
-        return Ok(Vec::new());
+        return Ok(CardSecrets::default());
     }
     let store = Secrets::for_cluster(cluster_path, secrets_dir, cluster)?;
     store.token()?;
     store.ca_cert_hash()?;
+    let ca_not_before = Some(store.ca_not_before()?);
     let mut out = Vec::new();
     for s in wanted {
         let contents = store.read(*s)?;
@@ -86,7 +94,7 @@ pub fn secret_files(role: Role, cluster: &ClusterFile, cluster_path: &Path, secr
         }
         out.push(FatFile::new(format!("{}/{}", secrets::CARD_DIR, s.rel), contents));
     }
-    Ok(out)
+    Ok(CardSecrets { files: out, ca_not_before })
 }
 
 /// Refuses to put a node on an image built for another board.
@@ -113,12 +121,22 @@ pub fn assemble(id: Identity<'_>, image: Option<&FoundImage>, target: &Path) -> 
     if let Some(i) = image {
         check_image(&node, &i.info, target)?;
     }
-    let secret_files = secret_files(node.node.role, id.cluster, id.cluster_path, id.secrets_dir)?;
+    let mut node = node;
+    let secrets = secret_files(node.node.role, id.cluster, id.cluster_path, id.secrets_dir)?;
+    let under_dir = |f: &FatFile| {
+        f.path
+            .strip_prefix(&format!("{}/", secrets::CARD_DIR))
+            .unwrap_or(&f.path)
+            .to_string()
+    };
+    let named: Vec<(String, &[u8])> = secrets.files.iter().map(|f| (under_dir(f), f.contents.as_slice())).collect();
+    let refs: Vec<(&str, &[u8])> = named.iter().map(|(rel, b)| (rel.as_str(), *b)).collect();
+    node.card = CardFacts::new(now(), secrets.ca_not_before, &refs);
     let mut files = vec![
         FatFile::new(NODE_FILE, node.to_yaml().into_bytes()),
         FatFile::new(README_FILE, readme(&node).into_bytes()),
     ];
-    files.extend(secret_files);
+    files.extend(secrets.files);
     if let Some(i) = image {
         files.push(FatFile::new(IMAGE_INFO_FILE, i.raw.clone()));
     }
@@ -159,6 +177,13 @@ fn readme(node: &NodeConfig) -> String {
     ]);
     // CRLF, so the file reads well in any editor on the laptop the card is put into.
     lines.join("\r\n")
+}
+
+/// The stamp time: now, in Unix seconds.
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -210,7 +235,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
         let c = cluster();
-        assert!(secret_files(Role::Director, &c, Path::new("c.yaml"), &missing).unwrap().is_empty());
+        assert!(
+            secret_files(Role::Director, &c, Path::new("c.yaml"), &missing)
+                .unwrap()
+                .files
+                .is_empty()
+        );
         let err = secret_files(Role::Worker, &c, Path::new("c.yaml"), &missing)
             .unwrap_err()
             .to_string();

@@ -1,5 +1,7 @@
-//! Flashing a whole card: the image through the device stack, then the node's
-//! identity stamped onto the same open target, then a line in the ledger.
+//! Flashing a whole card: the image through the device stack, the node's
+//! identity stamped onto the same open target before the image's first MiB
+//! (its partition table) goes on, so a card looks bootable only once it is
+//! complete; then a line in the ledger.
 
 use std::path::Path;
 use std::time::Instant;
@@ -11,7 +13,7 @@ use crate::card::stamp::{self, Identity, Stamped};
 use crate::device::safety::DeviceInfo;
 use crate::device::source::{Compression, ImageSource};
 use crate::device::target::WriteTarget;
-use crate::device::write::{Verify, WriteReport, write_image_with};
+use crate::device::write::{Finish, Verify, WriteReport, write_image_before_head};
 use crate::progress::Progress;
 
 /// What one flash did: the summary printed, and `--json`.
@@ -46,16 +48,24 @@ pub fn write_card(
     verify: Verify,
 ) -> anyhow::Result<Flashed> {
     let started = Instant::now();
-    let report = write_image_with(source.stream()?, &source.bmap, target, progress, verify)?;
-    let stamped = stamp::onto(id, target).with_context(|| {
-        let t = target.describe();
-        format!(
-            "the image was written to {t}, but stamping node {} failed; fix the cause and run `piha stamp --cluster {} --node {} {t}` (with --allow-non-removable for a fixed disk)",
-            id.node,
-            id.cluster_path.display(),
-            id.node
-        )
-    })?;
+    let mut stamped = None;
+    let mut stamp_it = |target: &mut dyn WriteTarget, head: &[u8]| {
+        let s = stamp::onto_with_head(id, target, head).with_context(|| {
+            format!(
+                "the image is on {}, but stamping node {} failed, so its partition table was not written and the card is blank: fix the cause and flash again",
+                target.describe(),
+                id.node
+            )
+        })?;
+        stamped = Some(s);
+        Ok(())
+    };
+    let finish = Finish {
+        verify,
+        before_head: &mut stamp_it,
+    };
+    let report = write_image_before_head(source.stream()?, &source.bmap, target, progress, finish)?;
+    let stamped = stamped.context("the flash finished without stamping")?;
     Ok(Flashed {
         report,
         stamped,

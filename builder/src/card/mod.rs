@@ -3,11 +3,11 @@
 //! flashed cards.
 
 pub(crate) mod contents;
-pub(crate) mod flash;
+pub mod flash;
 pub mod ledger;
 pub mod pki;
 pub(crate) mod report;
 pub mod secrets;
-pub(crate) mod stamp;
+pub mod stamp;
 
 pub use contents::{network_renderer, node_config};

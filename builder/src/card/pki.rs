@@ -125,6 +125,13 @@ pub fn ca_cert_hash(cert_pem: &[u8]) -> anyhow::Result<String> {
     Ok(format!("sha256:{}", hex::encode(Sha256::digest(spki))))
 }
 
+/// When a certificate starts to be valid (notBefore), in Unix seconds.
+pub fn not_before(cert_pem: &[u8]) -> anyhow::Result<u64> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem).map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))?;
+    let cert = pem.parse_x509().map_err(|e| anyhow::anyhow!("not an X.509 certificate: {e}"))?;
+    u64::try_from(cert.validity().not_before.timestamp()).context("a notBefore before 1970")
+}
+
 #[cfg(test)]
 mod tests {
     use super::{bootstrap_token, ca, ca_cert_hash, is_bootstrap_token, service_account_key};

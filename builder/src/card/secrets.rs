@@ -112,6 +112,12 @@ impl Secrets {
         Ok(actual)
     }
 
+    /// The cluster CA's notBefore, in Unix seconds.
+    pub fn ca_not_before(&self) -> anyhow::Result<u64> {
+        let ca = self.path(secrets::CA_CRT);
+        pki::not_before(&self.read(secrets::CA_CRT)?).with_context(|| format!("reading {}", ca.display()))
+    }
+
     fn check_cluster(&self, cluster_file: &Path, cluster: &ClusterFile) -> anyhow::Result<()> {
         if self.cluster_name != cluster.name {
             bail!(

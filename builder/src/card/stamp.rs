@@ -90,12 +90,27 @@ pub fn partition_image(id: Identity<'_>, out: &Path) -> anyhow::Result<Stamped> 
 
 /// Stamps the PIHA-CFG partition of an image or card already open as `target`.
 pub fn onto(id: Identity<'_>, target: &mut dyn WriteTarget) -> anyhow::Result<Stamped> {
+    onto_with_head(id, target, &[])
+}
+
+/// [`onto`] for a card whose first bytes are not written yet: the partition
+/// table is read from `head` (the image's first MiB), not from the medium.
+/// `piha flash` stamps this way, so that the table goes on last.
+pub fn onto_with_head(id: Identity<'_>, target: &mut dyn WriteTarget, head: &[u8]) -> anyhow::Result<Stamped> {
     let name = PathBuf::from(target.describe());
     let sector_size = target.sector_size();
     let (part, image) = {
-        let mut r = TargetReader::new(target);
+        let mut r = TargetReader::with_head(target, head);
         let table =
             partition::read_table(&mut r, sector_size).with_context(|| format!("reading the partition table of {}", name.display()))?;
+        if table.needed_size > table.disk_size {
+            bail!(
+                "{} is truncated: its partition table was written for {} bytes, but it holds {}; nothing was written (fix: copy or download the image again)",
+                name.display(),
+                table.needed_size,
+                table.disk_size
+            );
+        }
         let part = partition::find_config(&mut r, &table, &name)?;
         if part.size > MAX_PARTITION {
             bail!(

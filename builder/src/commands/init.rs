@@ -59,6 +59,14 @@ pub fn run(opts: &InitOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What rotation leaves as it was, said plainly after every rotation.
+const ROTATE_DOES_NOT_REVOKE: &str = "\
+What this does NOT revoke: a cluster already running keeps its CAs, its service-account key \
+and the old bootstrap token (valid until its ttl ends, in the cluster's etcd), and every card \
+stamped before still holds the old secrets until its node scrubs them. To revoke the old token \
+on a running cluster: `kubeadm token delete <token id>` on a control plane. Cards stamped \
+with the new secrets can only join a cluster initialised from them.";
+
 pub fn rotate(opts: &RotateSecretsOpts) -> anyhow::Result<()> {
     let path = &opts.cluster.cluster;
     let dir = opts.cluster.secrets_dir();
@@ -82,6 +90,7 @@ pub fn rotate(opts: &RotateSecretsOpts) -> anyhow::Result<()> {
     );
     println!("discovery hash: {}", s.ca_cert_hash()?);
     println!("re-stamp every card with `piha stamp` before it boots");
+    println!("{}", ROTATE_DOES_NOT_REVOKE);
     Ok(())
 }
 

@@ -75,6 +75,9 @@ pub fn summary(s: &Status, stamped: Option<&str>) -> String {
             ));
         }
     }
+    if let Some(w) = &s.waiting {
+        out.push_str(&format!("waiting for {w}\n"));
+    }
     if let Some(e) = &s.error {
         out.push_str(&format!("error: {e}\n"));
     }
@@ -168,6 +171,7 @@ mod tests {
             ],
             versions: BTreeMap::from([("piha-agent".to_string(), "0.1.0".to_string())]),
             error: Some("step join failed".into()),
+            waiting: None,
         };
         let text = summary(&s, Some("cp2 (control-plane) of cluster qemu-lab"));
         assert!(

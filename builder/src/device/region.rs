@@ -42,25 +42,36 @@ pub fn write_verified(target: &mut dyn WriteTarget, offset: u64, data: &[u8]) ->
 
 /// A target as `Read + Seek`, reading what the medium holds, so partition
 /// tables and filesystems are parsed from the same descriptor that writes.
+/// With a `head`, its first bytes are read from it instead: the partition
+/// tables of an image being flashed, before they are on the medium.
 pub struct TargetReader<'a> {
     target: &'a mut dyn WriteTarget,
+    head: &'a [u8],
     pos: u64,
 }
 
 impl<'a> TargetReader<'a> {
-    pub fn new(target: &'a mut dyn WriteTarget) -> TargetReader<'a> {
-        TargetReader { target, pos: 0 }
+    /// Reads `head` (which may be empty) in place of the medium's first
+    /// `head.len()` bytes.
+    pub fn with_head(target: &'a mut dyn WriteTarget, head: &'a [u8]) -> TargetReader<'a> {
+        TargetReader { target, head, pos: 0 }
     }
 }
 
 impl Read for TargetReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let left = self.target.size().saturating_sub(self.pos);
-        let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        let mut n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
         if n == 0 {
             return Ok(0);
         }
-        self.target.read_back(self.pos, &mut buf[..n])?;
+        match usize::try_from(self.pos).ok().filter(|&p| p < self.head.len()) {
+            Some(p) => {
+                n = n.min(self.head.len() - p);
+                buf[..n].copy_from_slice(&self.head[p..p + n]);
+            }
+            None => self.target.read_back(self.pos, &mut buf[..n])?,
+        }
         self.pos += n as u64;
         Ok(n)
     }
@@ -181,7 +192,7 @@ mod tests {
     fn the_reader_reads_and_seeks_within_the_target() {
         let mut m = memory(1000, 0);
         m.bytes.get_mut().unwrap()[990..].copy_from_slice(b"0123456789");
-        let mut r = TargetReader::new(&mut m);
+        let mut r = TargetReader::with_head(&mut m, &[]);
         assert_eq!(r.seek(SeekFrom::End(-4)).unwrap(), 996);
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).unwrap();

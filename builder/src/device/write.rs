@@ -134,7 +134,36 @@ pub fn write_image_with(
     progress: &Progress,
     verify: Verify,
 ) -> anyhow::Result<WriteReport> {
-    let target: &dyn WriteTarget = target;
+    let finish = Finish {
+        verify,
+        before_head: &mut |_, _| Ok(()),
+    };
+    write_image_before_head(stream, bmap, target, progress, finish)
+}
+
+/// What runs between the image's body (written, synced and verified) and
+/// its first MiB: it gets the target and the first MiB's bytes, which are
+/// not on the medium yet. `piha flash` stamps the card there.
+pub type BeforeHead<'a> = dyn FnMut(&mut dyn WriteTarget, &[u8]) -> anyhow::Result<()> + 'a;
+
+/// How a write ends: with or without the read-back, and what runs just
+/// before the first MiB goes on.
+pub struct Finish<'f, 'c> {
+    pub verify: Verify,
+    pub before_head: &'f mut BeforeHead<'c>,
+}
+
+/// `write_image_with`, running `finish.before_head` just before the first
+/// MiB is written: if it fails, the first MiB stays zeroed.
+pub fn write_image_before_head(
+    stream: Box<dyn Read + Send>,
+    bmap: &Bmap,
+    target_mut: &mut dyn WriteTarget,
+    progress: &Progress,
+    finish: Finish<'_, '_>,
+) -> anyhow::Result<WriteReport> {
+    let Finish { verify, before_head } = finish;
+    let target: &dyn WriteTarget = &*target_mut;
     let name = target.describe();
     if target.size() < bmap.image_size {
         bail!("{name} holds {} bytes, the image needs {}", target.size(), bmap.image_size);
@@ -161,6 +190,8 @@ pub fn write_image_with(
     if let Some(v) = &streamed.verified {
         verify::recheck(target, &extents, &v.samples).with_context(|| fail_note.clone())?;
     }
+    before_head(&mut *target_mut, &streamed.head).with_context(|| fail_note.clone())?;
+    let target: &dyn WriteTarget = &*target_mut;
 
     // Everything else is on the medium and proven; now the partition table.
     let head: Vec<usize> = (0..extents.len()).filter(|&i| extents[i].head).collect();

@@ -55,6 +55,9 @@ pub struct Table {
     pub sector_size: u64,
     /// Size of the whole disk or image in bytes.
     pub disk_size: u64,
+    /// The size the table was written for: up to the backup GPT header, or
+    /// the end of the last MBR partition. More than `disk_size`: truncated.
+    pub needed_size: u64,
     pub partitions: Vec<Partition>,
 }
 
@@ -108,6 +111,7 @@ pub fn read_table<F: Read + Seek>(f: &mut F, sector_size: u64) -> anyhow::Result
             kind: None,
             sector_size,
             disk_size,
+            needed_size: 0,
             partitions: Vec::new(),
         });
     }
@@ -135,16 +139,18 @@ pub fn read_table<F: Read + Seek>(f: &mut F, sector_size: u64) -> anyhow::Result
                 },
             })
             .collect();
+        let needed_size = (gpt.header.backup_lba + 1) * ss;
         return Ok(Table {
             kind: Some(TableKind::Gpt),
             sector_size: ss,
             disk_size,
+            needed_size,
             partitions,
         });
     }
     let ss32 = u32::try_from(sector_size).context("sector size")?;
     let mbr = mbrman::MBR::read_from(f, ss32).context("reading the MBR partition table")?;
-    let partitions = mbr
+    let partitions: Vec<Partition> = mbr
         .iter()
         .filter(|(_, e)| e.is_used() && !e.is_extended())
         .map(|(i, e)| Partition {
@@ -154,10 +160,12 @@ pub fn read_table<F: Read + Seek>(f: &mut F, sector_size: u64) -> anyhow::Result
             kind: PartitionType::Mbr { sys: e.sys },
         })
         .collect();
+    let needed_size = partitions.iter().map(|p: &Partition| p.start + p.size).max().unwrap_or(0);
     Ok(Table {
         kind: Some(TableKind::Mbr),
         sector_size,
         disk_size,
+        needed_size,
         partitions,
     })
 }

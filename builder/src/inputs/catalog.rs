@@ -33,11 +33,21 @@ fn yaml_names(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
-/// The names of every board and distro file.
+/// The names of every board and distro file, and what each distro's
+/// archive ships that validation needs (its containerd major version).
 pub fn catalog() -> anyhow::Result<Catalog> {
     let root = data_dir();
+    let distros = yaml_names(&root.join("distros"))?;
+    let mut containerd_major = std::collections::BTreeMap::new();
+    for name in &distros {
+        let (distro, _, _) = crate::inputs::distro::load(name)?;
+        if let Some(major) = distro.containerd_major {
+            containerd_major.insert(name.clone(), major);
+        }
+    }
     Ok(Catalog {
         boards: yaml_names(&root.join("boards"))?,
-        distros: yaml_names(&root.join("distros"))?,
+        distros,
+        containerd_major,
     })
 }

@@ -45,6 +45,10 @@ pub struct Distro {
     /// The CRI-O repository, used when the cluster's runtime is crio.
     #[serde(default)]
     pub crio_source: Option<PackageSource>,
+    /// The major version of the containerd package the archive ships:
+    /// Kubernetes 1.36 and later refuse containerd 1.x.
+    #[serde(default)]
+    pub containerd_major: Option<u32>,
 }
 
 /// Where a suite's packages come from.

@@ -117,10 +117,11 @@ pub enum RenderError {
     MissingSecrets { node: String, role: &'static str },
     #[error("{node} is a director: it runs keepalived, not kubeadm, so it has no kubeadm configuration")]
     NoKubeadm { node: String },
-    #[error("secrets/{file}: `{value}` is not {expected} (fix: restore the file from the secrets directory `piha init` wrote)")]
+    /// `found` describes the value without echoing a secret.
+    #[error("secrets/{file}: {found} is not {expected} (fix: restore the file from the secrets directory `piha init` wrote)")]
     BadSecret {
         file: &'static str,
-        value: String,
+        found: String,
         expected: &'static str,
     },
     #[error("node.yaml: {field}: `{value}` is not {expected} (fix: correct it in the cluster file and re-stamp the card)")]

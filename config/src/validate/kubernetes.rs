@@ -1,7 +1,7 @@
 //! The `kubernetes` section: the version, kube-proxy's mode and the pod subnet's size.
 
 use super::Report;
-use crate::cluster::{ClusterFile, ProxyMode, Role};
+use crate::cluster::{ClusterFile, ProxyMode, Role, Runtime};
 use crate::k8s::{self, NFTABLES_SINCE_MINOR, Version};
 
 /// The size every node's share of the pod subnet has: kube-controller-manager's
@@ -13,6 +13,93 @@ pub(super) fn check_cluster(r: &mut Report, c: &ClusterFile) {
     check_version(r, "kubernetes.version", k.version);
     check_proxy_mode(r, "kubernetes.proxy_mode", k.proxy_mode, k.version);
     check_pod_subnet_size(r, c);
+    check_token_ttl(r, "kubernetes.token_ttl", &k.token_ttl);
+}
+
+/// The first Kubernetes minor that needs containerd 2: 1.35 was the last to
+/// support containerd 1.x.
+const CONTAINERD_2_SINCE_MINOR: u32 = 36;
+
+/// containerd from the distro's archive must be one the Kubernetes version
+/// still supports.
+pub(super) fn check_containerd(r: &mut Report, c: &ClusterFile, catalog: &super::Catalog) {
+    let v = c.kubernetes.version;
+    if c.kubernetes.runtime != Runtime::Containerd || !v.is_supported() || v.minor < CONTAINERD_2_SINCE_MINOR {
+        return;
+    }
+    if let Some(1) = catalog.containerd_major.get(&c.distro) {
+        r.error(
+            "kubernetes.runtime",
+            format!(
+                "Kubernetes {v} needs containerd 2.x (1.{} was the last to support 1.x), but {}'s archive ships containerd 1.x",
+                CONTAINERD_2_SINCE_MINOR - 1,
+                c.distro
+            ),
+            format!(
+                "use `runtime: crio`, or kubernetes.version 1.{} or older, or a distro that ships containerd 2",
+                CONTAINERD_2_SINCE_MINOR - 1
+            ),
+        );
+    }
+}
+
+/// The shortest and longest bootstrap token lifetime piha accepts.
+const TOKEN_TTL_SECONDS: std::ops::RangeInclusive<u64> = 60..=365 * 24 * 3600;
+
+/// `token_ttl`: Go duration syntax limited to hours, minutes and seconds in
+/// that order (`24h`, `1h30m`, `90s`), between a minute and a year. Zero,
+/// which kubeadm reads as "never expires", is refused.
+pub(super) fn check_token_ttl(r: &mut Report, path: &str, ttl: &str) {
+    match ttl_seconds(ttl) {
+        Some(s) if TOKEN_TTL_SECONDS.contains(&s) => {}
+        Some(0) => r.error(
+            path,
+            format!("`{ttl}` would make the bootstrap token valid forever"),
+            "give it a lifetime, e.g. 24h (kubeadm's default); `piha token` makes a new one for later joins",
+        ),
+        Some(s) => r.error(
+            path,
+            format!("`{ttl}` is {s} s; piha accepts a minute to a year"),
+            "use e.g. 24h (kubeadm's default) or 168h (a week)",
+        ),
+        None => r.error(
+            path,
+            format!("`{ttl}` is not a duration of hours, minutes and seconds"),
+            "write it like 24h, 90m or 1h30m",
+        ),
+    }
+}
+
+/// Seconds of `24h`, `1h30m`, `90s`; None for anything else.
+pub(crate) fn ttl_seconds(ttl: &str) -> Option<u64> {
+    let mut rest = ttl;
+    let mut total: u64 = 0;
+    let mut units = ['h', 'm', 's'].iter();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        let unit = rest[digits..].chars().next()?;
+        // Each unit at most once, in the order h, m, s.
+        loop {
+            let u = *units.next()?;
+            if u == unit {
+                break;
+            }
+        }
+        total += n * match unit {
+            'h' => 3600,
+            'm' => 60,
+            _ => 1,
+        };
+        rest = &rest[digits + 1..];
+    }
+    Some(total)
 }
 
 /// The version's syntax was checked when the file was parsed; here, support.
@@ -53,5 +140,20 @@ fn check_pod_subnet_size(r: &mut Report, c: &ClusterFile) {
             format!("{pod} holds {available} per-node /24 pod range(s), but {nodes} node(s) run pods"),
             "use a larger pod subnet, e.g. 10.244.0.0/16",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ttl_seconds;
+
+    #[test]
+    fn token_ttl_is_hours_minutes_seconds_in_order() {
+        for (ttl, secs) in [("24h", 86_400), ("90m", 5_400), ("1h30m", 5_400), ("1h0m30s", 3_630), ("0s", 0)] {
+            assert_eq!(ttl_seconds(ttl), Some(secs), "{ttl}");
+        }
+        for bad in ["", "1d", "24", "h", "30m1h", "1h1h", "-1h", "1.5h", "24h ", "9999999999h"] {
+            assert_eq!(ttl_seconds(bad), None, "{bad:?}");
+        }
     }
 }

@@ -33,6 +33,9 @@ pub(crate) use node_config::node_config;
 pub struct Catalog {
     pub boards: Vec<String>,
     pub distros: Vec<String>,
+    /// The containerd major version each distro's archive ships, where its
+    /// file says (`containerd_major:`).
+    pub containerd_major: std::collections::BTreeMap<String, u32>,
 }
 
 /// Collects problems for one file.
@@ -71,6 +74,7 @@ pub fn cluster(file: &Path, c: &ClusterFile, catalog: &Catalog) -> Problems {
     names::check_cluster_name(&mut r, "name", &c.name);
     check_distro(&mut r, &c.distro, catalog);
     kubernetes::check_cluster(&mut r, c);
+    kubernetes::check_containerd(&mut r, c, catalog);
     api::check_numbers(&mut r, "api.port", c.api.port, "api.vrrp_router_id", c.api.vrrp_router_id);
     ssh::check_keys(&mut r, &c.ssh_authorized_keys);
     network::check_cluster(&mut r, c);

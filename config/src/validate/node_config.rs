@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::api::check_numbers;
-use super::kubernetes::check_version;
+use super::kubernetes::{check_token_ttl, check_version};
 use super::names::{check_cluster_name, check_domain, check_name};
 use super::network::{
     ClusterSubnets, NodeSubnet, PREFIXES, check_dns, check_in_subnet, check_subnets, check_subnets_pair, check_unicast,
@@ -30,7 +30,41 @@ pub(crate) fn node_config(file: &Path, c: &NodeConfig) -> Problems {
     check_addresses(&mut r, c);
     check_peers(&mut r, c);
     check_self_among_peers(&mut r, c);
+    check_card(&mut r, c);
     r.finish()
+}
+
+/// The `card` section: a stamp time, the CA's start for a node that runs
+/// kubeadm, and a digest for exactly the secret files its role gets.
+fn check_card(r: &mut Report, c: &NodeConfig) {
+    if c.card.stamped_at == 0 {
+        r.error("card.stamped_at", "the card has no stamp time", RESTAMP);
+    }
+    if c.node.role != Role::Director && c.card.ca_not_before.is_none() {
+        r.error("card.ca_not_before", "the CA's start time is missing", RESTAMP);
+    }
+    let wanted: Vec<&str> = c.secret_files().iter().map(|s| s.rel).collect();
+    let listed: Vec<&str> = c.card.secrets.keys().map(String::as_str).collect();
+    let mut wanted_sorted = wanted.clone();
+    wanted_sorted.sort_unstable();
+    if listed != wanted_sorted {
+        r.error(
+            "card.secrets",
+            format!(
+                "lists [{}], but a {} node's card holds [{}]",
+                listed.join(", "),
+                c.node.role.as_str(),
+                wanted.join(", ")
+            ),
+            RESTAMP,
+        );
+    }
+    for (rel, digest) in &c.card.secrets {
+        let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            r.error(format!("card.secrets.{rel}"), "is not `sha256:` and 64 hex digits", RESTAMP);
+        }
+    }
 }
 
 fn check_schema(r: &mut Report, schema: u32) {
@@ -49,6 +83,7 @@ fn check_facts(r: &mut Report, c: &NodeConfig) {
     check_name(r, "node.name", &n.name, "node name");
     check_cluster_name(r, "cluster.name", &f.name);
     check_version(r, "cluster.kubernetes_version", f.kubernetes_version);
+    check_token_ttl(r, "cluster.token_ttl", &f.token_ttl);
     check_numbers(r, "cluster.api_port", f.api_port, "cluster.vrrp_router_id", f.vrrp_router_id);
     check_keys(r, &c.ssh_authorized_keys);
     if let Some(domain) = &n.domain {

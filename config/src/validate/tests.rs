@@ -21,6 +21,7 @@ fn catalog() -> Catalog {
     Catalog {
         boards: ["amd64", "arm64-uefi", "rpi4", "rpi5"].map(String::from).to_vec(),
         distros: ["debian-bookworm", "ubuntu-noble"].map(String::from).to_vec(),
+        containerd_major: [("debian-bookworm".to_string(), 1), ("ubuntu-noble".to_string(), 1)].into(),
     }
 }
 
@@ -318,7 +319,9 @@ fn every_problem_at_once_errors_first() {
 }
 
 fn node_yaml(name: &str) -> NodeConfig {
-    NodeConfig::for_node(&homelab(), name, NetworkRenderer::Netplan).expect("node exists")
+    let mut cfg = NodeConfig::for_node(&homelab(), name, NetworkRenderer::Netplan).expect("node exists");
+    cfg.card = crate::node::CardFacts::for_tests(cfg.node.role);
+    cfg
 }
 
 fn node_errors(cfg: &NodeConfig) -> Vec<String> {

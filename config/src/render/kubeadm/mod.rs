@@ -144,11 +144,10 @@ fn init_configuration(cfg: &NodeConfig, api: KubeadmApi, secrets: &JoinSecrets) 
         bootstrap_tokens: vec![BootstrapToken {
             token: secrets.token.clone(),
             description: format!("piha bootstrap token of cluster {}", cfg.cluster.name),
-            // Never expires: cards are flashed and powered on whenever the
-            // operator gets to them, and the token is piha's per-cluster
-            // secret (`piha rotate-secrets` replaces it). kubeadm reads 0 as
+            // The cluster file's `token_ttl` (default 24h, kubeadm's own),
+            // counted from `kubeadm init`; never 0, which kubeadm reads as
             // "no expiry".
-            ttl: "0s".to_string(),
+            ttl: cfg.cluster.token_ttl.clone(),
         }],
         node_registration: node_registration(cfg, api),
         local_api_endpoint: local_endpoint(cfg),
@@ -218,16 +217,17 @@ pub fn config(cfg: &NodeConfig, secrets: Option<&JoinSecrets>) -> Result<String,
 /// fail later, on the node, inside kubeadm.
 fn check_secrets(s: &JoinSecrets) -> Result<(), RenderError> {
     if !is_bootstrap_token(&s.token) {
+        // Never the value: a token one typo away from the real one is a secret too.
         return Err(RenderError::BadSecret {
             file: crate::secrets::BOOTSTRAP_TOKEN.rel,
-            value: s.token.clone(),
+            found: format!("its value ({} characters, not shown)", s.token.chars().count()),
             expected: "a bootstrap token [a-z0-9]{6}.[a-z0-9]{16}",
         });
     }
     if !is_ca_cert_hash(&s.ca_cert_hash) {
         return Err(RenderError::BadSecret {
             file: crate::secrets::CA_CERT_HASH.rel,
-            value: s.ca_cert_hash.clone(),
+            found: format!("`{}`", crate::problem::clip(&s.ca_cert_hash)),
             expected: "a CA cert hash sha256:<64 lowercase hex digits>",
         });
     }
@@ -325,6 +325,11 @@ mod tests {
         };
         let err = documents(&cfg, Some(&bad_token)).expect_err("uppercase token").to_string();
         assert!(err.contains("secrets/bootstrap-token"), "{err}");
+        // A token one typo away from the real one is a secret: never echoed.
+        assert!(
+            !err.contains("0123456789abcdef") && err.contains("23 characters, not shown"),
+            "{err}"
+        );
         let bad_hash = JoinSecrets {
             ca_cert_hash: "sha256:abc".to_string(),
             ..secrets()
