@@ -39,6 +39,7 @@ fn shell_scripts_are_posix_sh() {
     for script in [
         "agent/usr/lib/piha/realserver",
         "agent/usr/lib/piha/apicheck",
+        "agent/usr/lib/piha/cfg-on-boot-disk",
         "test/usr/local/bin/kubeadm",
         "test/usr/local/bin/kubectl",
         "test/usr/lib/piha/test/collect",
@@ -302,7 +303,53 @@ fn presets_enable_the_agent_and_leave_role_services_to_it() {
     assert!(agent.contains("Type=exec\n") && !agent.contains("RemainAfterExit"), "{agent}");
     // The agent unit's mount must be the unit for its mount point.
     let mount = std::fs::read_to_string(overlay("agent/usr/lib/systemd/system/boot-piha.mount")).unwrap();
-    assert!(mount.contains("Where=/boot/piha\n") && mount.contains("What=/dev/disk/by-label/PIHA-CFG\n"));
+    assert!(mount.contains("Where=/boot/piha\n") && mount.contains("What=/dev/disk/piha-cfg\n"));
+    // Its device's wait drop-in is for that device.
+    assert!(overlay("agent/usr/lib/systemd/system/dev-disk-piha\\x2dcfg.device.d/10-piha-wait.conf").is_file());
+    let rules = std::fs::read_to_string(overlay("agent/usr/lib/udev/rules.d/61-piha-cfg.rules")).unwrap();
+    assert!(
+        rules.contains("PROGRAM==\"/usr/lib/piha/cfg-on-boot-disk %k\"") && rules.contains("SYMLINK+=\"disk/piha-cfg\""),
+        "{rules}"
+    );
+}
+
+/// udev's test for PIHA-CFG: only a partition on the root filesystem's disk
+/// passes; another disk's is logged (`logger -t piha-cfg`) and refused.
+/// findmnt, lsblk and logger are stubs here; the QEMU test boots a second
+/// disk labelled PIHA-CFG for real.
+#[test]
+fn cfg_on_boot_disk_accepts_only_the_root_disks_partition() {
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("logged");
+    let stub = |name: &str, body: &str| {
+        let p = bin.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    stub("findmnt", "echo /dev/vda3");
+    // lsblk -dno PKNAME /dev/X: the disk of each partition.
+    stub("lsblk", r#"case "$3" in /dev/vda*) echo vda ;; /dev/sdb*) echo sdb ;; esac"#);
+    stub("logger", &format!(r#"echo "$*" >>{}"#, log.display()));
+    let run = |part: &str| {
+        Command::new(overlay("agent/usr/lib/piha/cfg-on-boot-disk"))
+            .arg(part)
+            .env("PATH", format!("{}:{PATH}", bin.path().display()))
+            .output()
+            .unwrap()
+    };
+    assert!(run("vda2").status.success());
+    assert!(!std::path::Path::new(&log).exists(), "nothing to say about the boot disk's own");
+    assert!(!run("sdb1").status.success());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("-t piha-cfg") && said.contains("ignoring the PIHA-CFG filesystem on sdb1 (disk sdb)") && said.contains("(vda)"),
+        "{said}"
+    );
+    // A stick formatted without partitions: its disk is itself.
+    assert!(!run("sdc").status.success());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("on sdc (disk sdc)"), "{said}");
 }
 
 #[test]

@@ -624,6 +624,72 @@ fn cli_to_file_writes_a_sparse_stamped_image() {
     run(Cmd::new("sfdisk").arg("-J").arg(&out));
 }
 
+/// Bad sources: a file that is not an image, and a `.img.zst` cut short.
+/// Neither may touch an existing `--to-file` target, and each says why.
+#[test]
+fn a_bad_source_leaves_an_existing_file_target_as_it_was() {
+    let t = TestImage::new();
+    let lab = Lab::new();
+    let target = t.path("vm.img");
+    let before = b"the image flashed yesterday".to_vec();
+    let not_an_image = t.path("notes.img");
+    fs::write(&not_an_image, vec![b'x'; 4 * MIB as usize]).unwrap();
+    let zst = fs::read(&t.zst).unwrap();
+    let cut = t.path("cut.img.zst");
+    fs::write(&cut, &zst[..zst.len() / 2]).unwrap();
+    for (source, says) in [(&not_an_image, "is not a disk image"), (&cut, "truncated")] {
+        fs::write(&target, &before).unwrap();
+        let err = failed(&lab.piha(&[
+            "flash",
+            source.to_str().unwrap(),
+            "--to-file",
+            target.to_str().unwrap(),
+            "--node",
+            "w1",
+            "--yes",
+        ]));
+        assert!(err.contains(says), "{}: {err}", source.display());
+        assert_eq!(fs::read(&target).unwrap(), before, "{}: the target was changed", source.display());
+        let leftovers: Vec<_> = fs::read_dir(t.path("."))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".vm.img"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
+
+/// A source that ends early, found only mid-stream on a block device: the
+/// card is left blank, and the message says so.
+#[test]
+fn a_source_truncated_mid_stream_leaves_a_blank_card_and_says_so() {
+    let t = TestImage::new();
+    let lab = Lab::new();
+    let zst = fs::read(&t.zst).unwrap();
+    let cut = t.path("cut.img.zst");
+    // Past the first sector, so only the stream finds the end.
+    fs::write(&cut, &zst[..zst.len() * 3 / 4]).unwrap();
+    let backing = t.path("card.img");
+    pattern_file(&backing, 96 * MIB, 0xA5);
+    let card = Loop::attach(&backing);
+    let err = failed(&lab.piha(&[
+        "flash",
+        cut.to_str().unwrap(),
+        "--device",
+        card.dev.to_str().unwrap(),
+        "--node",
+        "cp2",
+        "--yes",
+        "--allow-non-removable",
+    ]));
+    assert!(err.contains("is blank now") && err.contains("flash it again"), "{err}");
+    assert!(err.contains("truncated"), "{err}");
+    assert!(
+        card.read_all()[..HEAD as usize].iter().all(|b| *b == 0),
+        "the first MiB is not zeroed"
+    );
+}
+
 #[test]
 fn cli_batch_flashes_one_card_per_node_in_cluster_order() {
     let t = TestImage::uncompressed();

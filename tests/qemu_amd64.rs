@@ -25,10 +25,10 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::heavy;
-use support::image::{ext4_exists, extract, fat_list, fat_write};
+use support::image::{ext4_exists, extract, fat_list, fat_read, fat_write};
 use support::lab::{Lab, assert_no_secret_bytes, boot_until_poweroff, kubeadm_calls, observed, root_fs, status, tail};
 use support::qemu::{Boot, BootResult, Machine};
+use support::{heavy, run_ok};
 
 /// The shared amd64 image and one `piha init` per test binary.
 fn fixture() -> &'static Lab {
@@ -80,4 +80,58 @@ fn invalid_node_yaml_is_reported_and_nothing_is_applied() {
         "kubeadm config written despite invalid node.yaml"
     );
     assert!(kubeadm_calls(&root).is_empty());
+}
+
+/// A director's card (no API needed) booted with a second disk that also
+/// holds a partition labelled PIHA-CFG (lb2's, as a USB stick might), and a
+/// clock that starts in 2020 with no reachable NTP server: the agent reads
+/// only the boot disk's own card, udev's helper says in the journal that it
+/// ignored the other, the other disk is not touched, and the agent moves the
+/// clock to the card's stamp time before anything else.
+#[test]
+fn another_disks_piha_cfg_is_ignored_and_a_clock_in_the_past_is_moved_forward() {
+    let _g = heavy();
+    let lab = fixture();
+    let img = lab.stamped("lb1");
+    let stick = img.with_file_name("stick.img");
+    run_ok(
+        support::piha()
+            .args(["stamp", "--node", "lb2", "--partition-image"])
+            .arg(&stick)
+            .arg("--cluster")
+            .arg(&lab.cluster),
+    );
+    let stick_before = std::fs::read(&stick).expect("stick");
+    let console = img.with_file_name("lb1-stick.console.log");
+    let mut b = Boot::new(Machine::Amd64Uefi, &img, &console);
+    b.timeout = Duration::from_secs(900);
+    b.extra = vec![
+        "-drive".into(),
+        format!("file={},format=raw,if=virtio", stick.display()),
+        "-rtc".into(),
+        "base=2020-01-01T00:00:00".into(),
+    ];
+    let r = boot_until_poweroff(&b, "lb1 with a second PIHA-CFG");
+    assert!(r.console.contains("piha-agent["), "agent never started:\n{}", tail(&r.console));
+
+    let s = status(&img);
+    assert_eq!(s["phase"], "done", "{s:#}");
+    assert_eq!(s["node"], "lb1", "{s:#}");
+    assert_eq!(
+        std::fs::read(&stick).expect("stick"),
+        stick_before,
+        "the other disk's PIHA-CFG was written"
+    );
+    let o = observed(&img);
+    assert!(
+        o["cfg_log"].contains("ignoring the PIHA-CFG filesystem on vdb (disk vdb)") && o["cfg_log"].contains("(vda)"),
+        "{o:?}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = extract(&img, 2, dir.path());
+    let journal = String::from_utf8_lossy(&fat_read(&cfg, "piha-test/piha-agent.journal").expect("the agent's journal")).into_owned();
+    assert!(
+        journal.contains("before this card was stamped") && journal.contains("moving it forward to the stamp time"),
+        "{journal}"
+    );
 }

@@ -213,6 +213,75 @@ fn every_director_config_passes_keepalived_t() {
     }
 }
 
+/// A property over what validation lets through: for clusters made from
+/// random values (cluster and node names, interface names of every
+/// character validation allows, addresses, ports, VRRP ids; a fixed seed, so
+/// a failure repeats), every one `piha validate` accepts renders a
+/// keepalived.conf that the real `keepalived -t` accepts on each director.
+/// The values that reach systemd do so through static units in `overlays/`
+/// (`EnvironmentFile=/etc/piha/vip.env`, checked by `systemd-analyze verify`
+/// in `agent_overlays.rs`), so no rendered file is a unit.
+#[test]
+fn every_cluster_validation_accepts_renders_a_keepalived_conf_keepalived_accepts() {
+    let mut rng = XorShift(0x5eed_1234_abcd_0001);
+    let iface_chars: Vec<char> = ('a'..='z').chain('A'..='Z').chain('0'..='9').chain("-_.".chars()).collect();
+    let label_chars: Vec<char> = ('a'..='z').chain('0'..='9').collect();
+    let catalog = piha_config::validate::Catalog {
+        boards: vec!["amd64".into()],
+        distros: vec!["debian-bookworm".into()],
+        ..Default::default()
+    };
+    let mut accepted = 0;
+    for case in 0..40 {
+        let len = 1 + rng.below(20);
+        let name = format!("c{}", rng.word(&label_chars, len));
+        let len = 1 + rng.below(15);
+        let iface = rng.word(&iface_chars, len);
+        let net = format!("10.{}.{}", rng.below(256), rng.below(256));
+        let port = [6443, 443, 8443, 1 + rng.below(65535)][rng.below(4) as usize];
+        let vrid = 1 + rng.below(255);
+        let lb = rng.word(&label_chars, 3);
+        let text = format!(
+            "name: {name}\ndistro: debian-bookworm\nkubernetes: {{version: \"1.34.1\", runtime: containerd}}\n\
+             api: {{vip: {net}.100, port: {port}, vrrp_router_id: {vrid}}}\n\
+             network: {{prefix: 24, gateway: {net}.1}}\n\
+             nodes:\n  - {{name: lb{lb}, board: amd64, role: director, ip: {net}.10, interface: \"{iface}\"}}\n\
+             \x20 - {{name: cp1, board: amd64, role: control-plane, ip: {net}.11}}\n"
+        );
+        let path = Path::new("random.yaml");
+        let Ok(cluster) = ClusterFile::parse(path, &text) else { continue };
+        if piha_config::validate::cluster(path, &cluster, &catalog).has_errors() {
+            continue;
+        }
+        accepted += 1;
+        let lb = cluster.nodes_with_role(Role::Director).next().expect("a director");
+        let cfg = NodeConfig::for_node(&cluster, &lb.name, NetworkRenderer::Networkd).expect("node");
+        let conf = keepalived::config(&cfg).expect("renders").expect("a director has keepalived.conf");
+        eprintln!("case {case}: interface {iface:?}, port {port}, vrid {vrid}");
+        keepalived_check(&conf, &keepalived::vrrp_interface(&cfg));
+    }
+    assert!(
+        accepted >= 20,
+        "only {accepted} of 40 random clusters were valid: the generator is off"
+    );
+}
+
+/// xorshift64*: reproducible picks for the property test, without a crate.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+
+    fn word(&mut self, chars: &[char], len: u64) -> String {
+        (0..len).map(|_| chars[self.below(chars.len() as u64) as usize]).collect()
+    }
+}
+
 /// Two directors: the first in cluster order is MASTER, the second BACKUP,
 /// each with the other as unicast peer, and both pass `keepalived -t`.
 #[test]

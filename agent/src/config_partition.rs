@@ -21,8 +21,8 @@ pub fn read_node(paths: &Paths) -> Result<NodeConfig, String> {
     let file = paths.node_file();
     if !paths.config_dir.is_dir() {
         return Err(format!(
-            "{}: the config partition is not there (fix: check that the card has a FAT partition labelled {CONFIG_LABEL} \
-             and that boot-piha.mount mounted it; `journalctl -u boot-piha.mount` says why not)",
+            "{}: the config partition is not there (fix: check that the disk this system runs from has a FAT partition \
+             labelled {CONFIG_LABEL} and that boot-piha.mount mounted it; `journalctl -u boot-piha.mount -t piha-cfg` says why not)",
             paths.config_dir.display()
         ));
     }

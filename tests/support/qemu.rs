@@ -37,6 +37,8 @@ pub struct Boot {
     pub timeout: Duration,
     /// Where the serial console goes.
     pub console: PathBuf,
+    /// More QEMU arguments, e.g. a second `-drive` or `-rtc base=...`.
+    pub extra: Vec<String>,
 }
 
 impl Boot {
@@ -52,6 +54,7 @@ impl Boot {
             append: None,
             timeout: Duration::from_secs(900),
             console: console.to_path_buf(),
+            extra: Vec::new(),
         }
     }
 }
@@ -142,6 +145,7 @@ fn args(b: &Boot) -> (String, Vec<String>) {
     if let Some(ap) = &b.append {
         a.extend(["-append".into(), ap.clone()]);
     }
+    a.extend(b.extra.iter().cloned());
     (program.to_string(), a)
 }
 

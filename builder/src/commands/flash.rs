@@ -157,9 +157,20 @@ fn flash_file(opts: &FlashOpts, job: Job<'_>, node: &str, path: &Path) -> anyhow
         Ok(_) => confirm(opts.yes, &format!("{} exists; replace it?", path.display()))?,
         Err(_) => {}
     }
-    let mut target = FileTarget::create(path, job.source.bmap.image_size).with_context(|| format!("creating {}", path.display()))?;
-    let flashed = flash::write_card(id, job.source, &mut target, &job.progress, job.verify)?;
-    drop(target);
+    // Written beside the target and renamed over it only once written,
+    // stamped and verified: a failed flash leaves an existing file as it was.
+    let partial = piha_atomic::TempPath::new(path).with_context(|| format!("choosing a temporary name beside {}", path.display()))?;
+    let flashed = (|| {
+        let mut target = FileTarget::create(partial.path(), job.source.bmap.image_size)
+            .with_context(|| format!("creating {}", partial.path().display()))?;
+        let flashed = flash::write_card(id, job.source, &mut target, &job.progress, job.verify)?;
+        drop(target);
+        anyhow::Ok(flashed)
+    })()
+    .with_context(|| format!("{} was not changed", path.display()))?;
+    partial
+        .commit()
+        .with_context(|| format!("putting the flashed image in place at {}", path.display()))?;
     log::info!("{}", flashed.stamped.summary());
     let summary = flash::summarize(path, None, job.source, flashed);
     flash::record(job.cluster_path, &summary)?;

@@ -63,12 +63,55 @@ impl ImageSource {
                 );
             }
         }
-        Ok(ImageSource {
+        let source = ImageSource {
             path: path.to_path_buf(),
             compression,
             bmap,
             bmap_path,
-        })
+        };
+        source.check_start()?;
+        Ok(source)
+    }
+
+    /// Before any target is touched: the image's first sector decompresses
+    /// and holds a partition table (the MBR boot signature, which a GPT's
+    /// protective MBR has too), and a zstd frame's declared size is the
+    /// block map's.
+    fn check_start(&self) -> anyhow::Result<()> {
+        let p = self.path.display();
+        let mut sector = [0u8; 512];
+        let mut stream = self.stream()?;
+        let mut n = 0;
+        while n < sector.len() {
+            match stream.read(&mut sector[n..]) {
+                Ok(0) => break,
+                Ok(got) => n += got,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => bail!(
+                    "{p} cannot be read from its start ({e}): it is damaged or truncated, or not an image (fix: copy or download it again); nothing was written"
+                ),
+            }
+        }
+        if n < sector.len() || sector[510..512] != [0x55, 0xaa] {
+            bail!(
+                "{p} is not a disk image: its first sector has no partition table (no boot signature 55 AA at byte 510); nothing was written (fix: give the .img, .img.zst or .img.xz `piha build` wrote)"
+            );
+        }
+        if self.compression == Compression::Zstd {
+            let mut head = vec![0u8; 18];
+            let mut file = File::open(&self.path).with_context(|| format!("opening image {p}"))?;
+            if file.read_exact(&mut head).is_ok() {
+                if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(&head) {
+                    if size != self.bmap.image_size {
+                        bail!(
+                            "{p} decompresses to {size} bytes but its block map says {}: the .bmap belongs to another image; nothing was written",
+                            self.bmap.image_size
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The decompressed image as a byte stream.

@@ -76,8 +76,12 @@ pub(crate) fn read_chunks(
     let mut total = 0u64;
     loop {
         let mut buf = pool.take();
-        let n = fill(&mut stream, buf.as_mut_slice()).context("reading the image")?;
+        let n = fill(&mut stream, buf.as_mut_slice())
+            .with_context(|| format!("reading the image after {total} bytes: it is truncated or damaged"))?;
         if n == 0 {
+            if total < image_size {
+                bail!("the image ended after {total} of its {image_size} bytes: it is truncated");
+            }
             return Ok(total);
         }
         if total + n as u64 > image_size {

@@ -171,7 +171,9 @@ pub fn write_image_before_head(
     let extents = extents(bmap);
     let bytes_wiped = wipe_tables(target, bmap.image_size).with_context(|| format!("zeroing the partition tables on {name}"))?;
 
-    let fail_note = format!("the first MiB of {name} is left zeroed, so it will not boot half-written");
+    let fail_note = format!(
+        "{name} is blank now (its first MiB is zeroed, so it will not boot half-written): flash it again, from a good copy of the image if the image was at fault"
+    );
     let label = match verify {
         Verify::ReadBack => "writing and verifying",
         Verify::Off => "writing (no read-back)",
