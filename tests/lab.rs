@@ -8,8 +8,8 @@
 //!
 //! The refusals that come before any VM are tested without booting anything.
 //!
-//! On this machine (2 cores, TCG) the whole test takes about 8 minutes:
-//! `up` about 4 (every agent done), `check` about 3.
+//! On this machine (2 cores, TCG) the whole test takes about 6 minutes:
+//! `up` about 3 (every agent done), `check` about 2.5.
 
 // Tests run the binaries under test and the host tools that check their
 // output directly, as a user's shell would; clippy.toml's ban on
