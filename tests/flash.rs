@@ -453,7 +453,8 @@ fn flash_stamps_the_card_before_its_partition_table_goes_on() {
         let writes = target.writes.into_inner().unwrap();
         let head_data = writes.iter().position(|&(o, _, data)| o < HEAD && data);
         if fail_stamp {
-            let err = format!("{:#}", result.err().expect("the stamp failed"));
+            let Err(err) = result else { panic!("the stamp did not fail") };
+            let err = format!("{err:#}");
             assert!(err.contains("partition table was not written and the card is blank"), "{err}");
             assert_eq!(head_data, None, "the first MiB got data: {writes:?}");
             let got = fs::read(&backing).unwrap();

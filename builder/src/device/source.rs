@@ -305,6 +305,22 @@ mod tests {
 
     use super::{Compression, ImageSource, detect, find_bmap};
 
+    /// Not an image at all, or one cut inside its first sector: refused at
+    /// `open`, before any target is opened.
+    #[test]
+    fn a_file_without_a_partition_table_is_not_an_image() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in [("notes.img", vec![b'x'; 4096]), ("short.img", vec![0u8; 100])] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let Err(err) = ImageSource::open(&path, None, &SystemRunner) else {
+                panic!("{name} was taken for an image")
+            };
+            let err = err.to_string();
+            assert!(err.contains("is not a disk image") && err.contains("nothing was written"), "{err}");
+        }
+    }
+
     #[test]
     fn finds_the_bmap_the_way_bmaptool_does() {
         let dir = tempfile::tempdir().unwrap();
@@ -324,6 +340,8 @@ mod tests {
         let path = dir.path().join("s.img");
         let f = std::fs::File::create(&path).unwrap();
         f.set_len(9 << 20).unwrap();
+        // An MBR's boot signature: what `open` checks an image starts with.
+        f.write_all_at(&[0x55, 0xaa], 510).unwrap();
         f.write_all_at(&[7u8; 5000], 4096 * 3 + 11).unwrap();
         f.write_all_at(&[9u8; 70_000], 8 << 20).unwrap();
         f.sync_all().unwrap();
@@ -344,7 +362,8 @@ mod tests {
     #[test]
     fn streams_compressed_images() {
         let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        data[510..512].copy_from_slice(&[0x55, 0xaa]);
         let zst = dir.path().join("a.img.zst");
         std::fs::write(&zst, zstd::encode_all(&data[..], 3).unwrap()).unwrap();
         let xz = dir.path().join("a.img.xz");

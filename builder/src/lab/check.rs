@@ -16,6 +16,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -42,9 +43,12 @@ const SETTLE: Duration = Duration::from_secs(3);
 /// cut: 3 missed adverts of 1 s plus the skew, the probe's connect timeout, and a
 /// second of slack for a busy emulated BACKUP.
 const VRRP_GAP_LIMIT: f64 = 6.0;
-/// The held connection's request goes out this long after it was opened:
-/// after the failover, and before the stand-in API's 10 s idle cut-off.
-const HELD_DELAY: Duration = Duration::from_secs(8);
+/// How long after the held connection is up the MASTER's power is cut: the
+/// IPVS sync daemon sends a connection's state within 2 s of its change
+/// (IPVS_SYNC_FLUSH_TIME), plus a second for an emulated director. The
+/// connection's request then goes out once the BACKUP holds the VIP, well
+/// inside the stand-in API's 30 s idle cut-off.
+const SYNC_FLUSH: Duration = Duration::from_secs(3);
 
 /// One measured row.
 #[derive(Debug, Clone, Serialize)]
@@ -380,35 +384,93 @@ fn stop_and_start_control_plane(lab: &Lab<'_>, cp: &NodeState) -> anyhow::Result
     Ok(rows)
 }
 
-/// A TLS connection through the VIP opened now, whose request is sent only
-/// after `delay`: does it survive what happens meanwhile?
+/// A TLS connection through the VIP, opened now, whose request goes out
+/// only when [`HeldConnection::send`] is called: does it survive what
+/// happens in between? openssl reads the request from a FIFO in the lab
+/// directory; its output (the verified chain, then the answer) is collected
+/// as it comes.
 struct HeldConnection {
     child: std::process::Child,
+    fifo: PathBuf,
+    output: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl HeldConnection {
-    fn open(lab: &Lab<'_>, delay: Duration) -> anyhow::Result<HeldConnection> {
+    fn open(lab: &Lab<'_>) -> anyhow::Result<HeldConnection> {
+        let fifo = lab.dir.root().join("held-connection.fifo");
+        let _ = std::fs::remove_file(&fifo);
+        lab.runner
+            .run(&Cmd::new("mkfifo").arg("-m").arg("600").arg(&fifo))
+            .context("making the held connection's FIFO")?;
+        // -quiet implies -ign_eof: the connection stays open after the
+        // request, until the server answers and closes it.
         let script = format!(
-            "(sleep {}; printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n'; sleep 3) | openssl s_client -quiet -connect {} -CAfile {} -verify_return_error 2>&1",
-            delay.as_secs(),
+            "cat '{}' | openssl s_client -quiet -connect {} -CAfile '{}' -verify_return_error 2>&1",
+            fifo.display(),
             lab.vip,
             lab.ca.display()
         );
         let cmd = net::exec(lab.ns(), Cmd::new("sh").args(["-c", &script]));
+        let mut child = piha_runner::spawn(&cmd, SpawnOutput::Piped).context("opening a held connection")?;
+        let output = Arc::new(Mutex::new(String::new()));
+        let reader = child.stdout.take().map(|out| {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    let mut o = output.lock().unwrap_or_else(|e| e.into_inner());
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            })
+        });
         Ok(HeldConnection {
-            child: piha_runner::spawn(&cmd, SpawnOutput::Piped).context("opening a held connection")?,
+            child,
+            fifo,
+            output,
+            reader,
         })
     }
 
-    /// Whether the delayed request got its 200.
-    fn answered(mut self) -> bool {
-        let mut out = String::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            use std::io::Read;
-            let _ = o.read_to_string(&mut out);
-        }
+    fn output(&self) -> String {
+        self.output.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the TLS handshake is done: the server's certificate
+    /// (depth 0) verified.
+    fn established(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            let out = self.output();
+            out.find("depth=0").is_some_and(|i| out[i..].contains("verify return:1"))
+        })
+        .is_some()
+    }
+
+    /// Sends the request over the open connection.
+    fn send(&self) -> anyhow::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking: if openssl's reader is gone, fail instead of waiting forever.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.fifo)
+            .with_context(|| format!("opening {}", self.fifo.display()))?;
+        f.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")
+            .context("sending the held connection's request")
+    }
+
+    /// Whether the request got its 200 (waiting up to `timeout` for the answer).
+    fn answered(mut self, timeout: Duration) -> bool {
+        let got = wait_until(timeout, || self.output().lines().any(|l| l.starts_with("HTTP/"))).is_some();
+        let _ = self.child.kill();
         let _ = self.child.wait();
-        out.lines().any(|l| l.starts_with("HTTP/") && l.contains(" 200"))
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let _ = std::fs::remove_file(&self.fifo);
+        got && self.output().lines().any(|l| l.starts_with("HTTP/") && l.contains(" 200"))
     }
 }
 
@@ -417,12 +479,16 @@ fn director_failover(lab: &Lab<'_>, master: &NodeState, backup: &NodeState) -> a
     let mut rows = Vec::new();
     let vip = lab.vip_prober();
     std::thread::sleep(Duration::from_secs(2));
-    let held = HeldConnection::open(lab, HELD_DELAY)?;
-    std::thread::sleep(Duration::from_secs(2));
+    let held = HeldConnection::open(lab)?;
+    let established = held.established(Duration::from_secs(30));
+    std::thread::sleep(SYNC_FLUSH);
     let t_stop = Instant::now();
     vm::power_cut(lab.dir, &master.name).with_context(|| format!("cutting the power of {}", master.name))?;
     let moved = wait_until(Duration::from_secs(60), || lab.holds_vip(backup));
-    let survived = held.answered();
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = established && held.send().is_ok();
+    let handshake = held.output();
+    let survived = sent && held.answered(Duration::from_secs(10));
     std::thread::sleep(SETTLE);
     let w = vip.window(t_stop, moved.unwrap_or(t_stop) + SETTLE);
     rows.push(
@@ -450,9 +516,11 @@ fn director_failover(lab: &Lab<'_>, master: &NodeState, backup: &NodeState) -> a
         ),
         survived,
         if survived {
-            "its request, sent after the failover, got 200"
+            "its request, sent after the failover, got 200".to_string()
+        } else if !established {
+            format!("the connection never completed its TLS handshake: {}", handshake.trim())
         } else {
-            "reset: the BACKUP did not know the connection"
+            "reset: the BACKUP did not know the connection".to_string()
         },
     ));
 
