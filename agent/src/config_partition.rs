@@ -22,7 +22,7 @@ pub fn read_node(paths: &Paths) -> Result<NodeConfig, String> {
     if !paths.config_dir.is_dir() {
         return Err(format!(
             "{}: the config partition is not there (fix: check that the disk this system runs from has a FAT partition \
-             labelled {CONFIG_LABEL} and that boot-piha.mount mounted it; `journalctl -u boot-piha.mount -t piha-cfg` says why not)",
+             labelled {CONFIG_LABEL} and that boot-piha.mount mounted it; `journalctl -u boot-piha.mount` and `journalctl -t piha-cfg` say why not)",
             paths.config_dir.display()
         ));
     }
