@@ -12,12 +12,15 @@
 //!    written, and compares it with the image bytes;
 //! 3. sync, and read one block of every piece again (a later write may have
 //!    landed on it: a fake-capacity card);
-//! 4. only then write the first MiB, sync, read it back and compare.
+//! 4. run the caller's before-head step (`piha flash` stamps the card there,
+//!    finding PIHA-CFG in the first MiB still in memory);
+//! 5. only then write the first MiB, sync, read it back and compare.
 //!
-//! A failure anywhere before step 4 leaves the first MiB zeroed: no partition
+//! A failure anywhere before step 5 leaves the first MiB zeroed: no partition
 //! table, nothing a firmware or kernel would try to boot.
 //!
-//! `Verify::Off` skips the read-backs of steps 2 to 4, nothing else.
+//! `Verify::Off` skips the read-backs of steps 2, 3 and 5, nothing else (the
+//! stamp reads its own back).
 
 use std::io::Read;
 use std::ops::Range;
