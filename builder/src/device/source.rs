@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use piha_runner::{Cmd, Runner};
 
+use crate::device::stream::fill;
 use crate::device::target::DIRECT_ALIGN;
 use crate::image::bmap::{Bmap, data_extents};
 
@@ -80,34 +81,23 @@ impl ImageSource {
     fn check_start(&self) -> anyhow::Result<()> {
         let p = self.path.display();
         let mut sector = [0u8; 512];
-        let mut stream = self.stream()?;
-        let mut n = 0;
-        while n < sector.len() {
-            match stream.read(&mut sector[n..]) {
-                Ok(0) => break,
-                Ok(got) => n += got,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => bail!(
-                    "{p} cannot be read from its start ({e}): it is damaged or truncated, or not an image (fix: copy or download it again); nothing was written"
-                ),
-            }
-        }
+        let n = fill(&mut self.stream()?, &mut sector).map_err(|e| {
+            anyhow::anyhow!(
+                "{p} cannot be read from its start ({e}): it is damaged or truncated, or not an image (fix: copy or download it again); nothing was written"
+            )
+        })?;
         if n < sector.len() || sector[510..512] != [0x55, 0xaa] {
             bail!(
                 "{p} is not a disk image: its first sector has no partition table (no boot signature 55 AA at byte 510); nothing was written (fix: give the .img, .img.zst or .img.xz `piha build` wrote)"
             );
         }
         if self.compression == Compression::Zstd {
-            let mut head = vec![0u8; 18];
-            let mut file = File::open(&self.path).with_context(|| format!("opening image {p}"))?;
-            if file.read_exact(&mut head).is_ok() {
-                if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(&head) {
-                    if size != self.bmap.image_size {
-                        bail!(
-                            "{p} decompresses to {size} bytes but its block map says {}: the .bmap belongs to another image; nothing was written",
-                            self.bmap.image_size
-                        );
-                    }
+            if let Ok(Some(size)) = zstd_content_size(&self.path) {
+                if size != self.bmap.image_size {
+                    bail!(
+                        "{p} decompresses to {size} bytes but its block map says {}: the .bmap belongs to another image; nothing was written",
+                        self.bmap.image_size
+                    );
                 }
             }
         }
@@ -213,14 +203,7 @@ fn direct_aligned(offset: u64, buf: &[u8]) -> bool {
 pub fn detect(path: &Path) -> anyhow::Result<Compression> {
     let mut head = [0u8; 6];
     let mut file = File::open(path).with_context(|| format!("opening image {}", path.display()))?;
-    let mut n = 0;
-    while n < head.len() {
-        let got = file.read(&mut head[n..]).with_context(|| format!("reading {}", path.display()))?;
-        if got == 0 {
-            break;
-        }
-        n += got;
-    }
+    let n = fill(&mut file, &mut head).with_context(|| format!("reading {}", path.display()))?;
     Ok(if n >= 4 && head[..4] == ZSTD_MAGIC {
         Compression::Zstd
     } else if n >= 6 && head == XZ_MAGIC {
@@ -249,21 +232,24 @@ pub fn find_bmap(image: &Path) -> Option<PathBuf> {
 /// The decompressed size of an image that has no block map, without
 /// decompressing where the format records it: zstd's frame header (checked
 /// against the stream as it is written), xz's index via `xz --robot --list`.
+/// The decompressed size a zstd file's frame header declares, if it does.
+fn zstd_content_size(path: &Path) -> anyhow::Result<Option<u64>> {
+    let mut head = vec![0u8; 18];
+    let mut file = File::open(path).with_context(|| format!("opening image {}", path.display()))?;
+    file.read_exact(&mut head)
+        .with_context(|| format!("reading the zstd header of {}", path.display()))?;
+    Ok(zstd::zstd_safe::get_frame_content_size(&head).ok().flatten())
+}
+
 fn uncompressed_size(path: &Path, compression: Compression, runner: &dyn Runner) -> anyhow::Result<u64> {
     match compression {
         Compression::None => Ok(std::fs::metadata(path)
             .with_context(|| format!("reading the size of {}", path.display()))?
             .len()),
-        Compression::Zstd => {
-            let mut head = vec![0u8; 18];
-            let mut file = File::open(path).with_context(|| format!("opening image {}", path.display()))?;
-            file.read_exact(&mut head)
-                .with_context(|| format!("reading the zstd header of {}", path.display()))?;
-            match zstd::zstd_safe::get_frame_content_size(&head) {
-                Ok(Some(size)) => Ok(size),
-                _ => count_stream(path, compression),
-            }
-        }
+        Compression::Zstd => match zstd_content_size(path)? {
+            Some(size) => Ok(size),
+            None => count_stream(path, compression),
+        },
         Compression::Xz => {
             let out = runner.run(&Cmd::new("xz").args(["--robot", "--list"]).arg(path))?;
             let text = out.stdout_str();

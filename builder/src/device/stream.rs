@@ -98,8 +98,8 @@ pub(crate) fn read_chunks(
     }
 }
 
-/// Reads until `buf` is full or the stream ends.
-fn fill(stream: &mut Box<dyn Read + Send>, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads until `buf` is full or the stream ends; returns how much it read.
+pub(crate) fn fill<R: Read + ?Sized>(stream: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match stream.read(&mut buf[n..]) {

@@ -188,15 +188,7 @@ impl BootFile {
 impl Board {
     /// Parses a board file; `file` names it in errors.
     pub fn parse(file: &Path, text: &str) -> anyhow::Result<Board> {
-        let text =
-            piha_config::yaml::gate(file, text, "see boards/amd64.yaml for every field").map_err(|p| anyhow::anyhow!("{}", p.0[0]))?;
-        let board: Board = yaml_serde::from_str(text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {} (fix: see boards/amd64.yaml for every field)",
-                file.display(),
-                piha_config::problem::clip(&e.to_string())
-            )
-        })?;
+        let board: Board = super::parse_yaml(file, text, "see boards/amd64.yaml for every field")?;
         board.check(file)?;
         Ok(board)
     }

@@ -137,15 +137,7 @@ impl AptRepo {
 
 impl Distro {
     pub fn parse(file: &Path, text: &str) -> anyhow::Result<Distro> {
-        let text = piha_config::yaml::gate(file, text, "see distros/debian-bookworm.yaml for every field")
-            .map_err(|p| anyhow::anyhow!("{}", p.0[0]))?;
-        let d: Distro = yaml_serde::from_str(text).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {} (fix: see distros/debian-bookworm.yaml for every field)",
-                file.display(),
-                piha_config::problem::clip(&e.to_string())
-            )
-        })?;
+        let d: Distro = super::parse_yaml(file, text, "see distros/debian-bookworm.yaml for every field")?;
         d.check(file)?;
         Ok(d)
     }
