@@ -21,6 +21,9 @@ pub const DRY_RUN_DIR: &str = "/var/lib/piha/dry-run";
 pub const KUBERNETES_DIR: &str = "/etc/kubernetes";
 pub const PKI_DIR: &str = "/etc/kubernetes/pki";
 pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+/// The kubelet's own kubeconfig, and kubeadm join's bootstrap one (which holds the token).
+pub const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
+pub const BOOTSTRAP_KUBELET_CONF: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {

@@ -28,7 +28,7 @@ use super::Env;
 use crate::api_wait::wait_for_api;
 use crate::config_partition;
 use crate::files;
-use crate::paths::{ADMIN_CONF, KUBERNETES_DIR, PKI_DIR};
+use crate::paths::{ADMIN_CONF, BOOTSTRAP_KUBELET_CONF, KUBELET_CONF, KUBERNETES_DIR, PKI_DIR};
 use crate::state::Store;
 use crate::units;
 use piha_atomic::{self as atomic, Perm};
@@ -79,7 +79,7 @@ pub fn leftovers(env: &Env) -> Vec<String> {
     if std::fs::read_dir(&manifests).map(|mut d| d.next().is_some()).unwrap_or(false) {
         found.push(format!("{KUBERNETES_DIR}/manifests/"));
     }
-    for f in [ADMIN_CONF, "/etc/kubernetes/kubelet.conf", "/var/lib/etcd/member"] {
+    for f in [ADMIN_CONF, KUBELET_CONF, "/var/lib/etcd/member"] {
         if env.paths.host(f).exists() {
             found.push(f.to_string());
         }
@@ -152,10 +152,6 @@ pub fn forget_token(env: &Env, token: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// kubeadm join's kubeconfig holding the bootstrap token, and the kubelet's own.
-const BOOTSTRAP_KUBELET_CONF: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
-const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
 
 /// `kubeadm init|join --config /etc/piha/kubeadm.yaml`. Never
 /// `--upload-certs`: the CAs are already on every control plane.
