@@ -1,9 +1,13 @@
 //! The `run` command: the steps in order, each skipped once done (except the
 //! every-boot ones), status.json written at each step's start and end, the
-//! state saved after each step. A failed step stops the run; the next boot
-//! starts again from it.
+//! state saved after each step. A failed step is tried again in the same run,
+//! with backoff and (unless `--tries` says otherwise) without limit: status.json
+//! says `retrying`, with the attempt, the next try and the last error, and is
+//! rewritten every [`HEARTBEAT`] while the agent waits. No reboot is needed to
+//! recover. Only a refused card ([`Refused`]) stops the run at once.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use piha_config::node::NodeConfig;
@@ -83,25 +87,46 @@ pub fn run(env: &Env, hooks: &Hooks) -> Ending {
     }
     reporter.finish_ok();
 
+    reporter.set_joined(store.state.joined.is_some());
     for step in Step::plan(&cfg).into_iter().skip(1) {
         if store.state.is_done(step.name()) && !step.every_boot() {
             log::info!("step {}: done on an earlier boot", step.name());
             reporter.skipped(step.name());
             continue;
         }
-        begin(&mut reporter, step);
-        if let (true, Some(not_before)) = (step.runs_kubeadm(), cfg.card.ca_not_before) {
-            clock::wait_for(env, not_before, &mut |what| reporter.waiting(what));
-        }
-        match run_step(env, hooks, &cfg, &mut store, step) {
-            Ok(facts) => {
-                for (what, fact) in facts {
-                    reporter.set_version(&what, fact);
-                }
-                reporter.finish_ok();
-                log::info!("step {}: done", step.name());
+        let mut attempt: u32 = 0;
+        loop {
+            begin(&mut reporter, step);
+            if let (true, Some(not_before)) = (step.runs_kubeadm(), cfg.card.ca_not_before) {
+                clock::wait_for(env, not_before, &mut |what| reporter.waiting(what));
             }
-            Err(e) => return fail(&mut reporter, step, &e),
+            let result = run_step(env, hooks, &cfg, &mut store, step);
+            reporter.set_joined(store.state.joined.is_some());
+            match result {
+                Ok(facts) => {
+                    for (what, fact) in facts {
+                        reporter.set_version(&what, fact);
+                    }
+                    reporter.finish_ok();
+                    log::info!("step {}: done", step.name());
+                    break;
+                }
+                Err(e) => {
+                    attempt = attempt.saturating_add(1);
+                    let tries = &env.timings.step_tries;
+                    if e.is::<Refused>() || tries.attempts.is_some_and(|max| attempt >= max) {
+                        return fail(&mut reporter, step, &e);
+                    }
+                    let pause = tries.pause(attempt);
+                    log::error!(
+                        "step {} failed (try {attempt}); trying again in {} s: {e:#}",
+                        step.name(),
+                        pause.as_secs()
+                    );
+                    reporter.finish_retrying(step.name(), &e, attempt, now().saturating_add(pause.as_secs()));
+                    pause_with_heartbeat(env, &mut reporter, pause);
+                }
+            }
         }
     }
     reporter.done();
@@ -113,6 +138,34 @@ pub fn run(env: &Env, hooks: &Hooks) -> Ending {
     );
     Ending::Done
 }
+
+/// Sleeps `pause` in slices of at most [`HEARTBEAT`], rewriting status.json
+/// after each so its `updated` time shows the agent is alive and waiting.
+fn pause_with_heartbeat(env: &Env, reporter: &mut Reporter, pause: Duration) {
+    let mut left = pause;
+    while !left.is_zero() {
+        let slice = left.min(HEARTBEAT);
+        env.sleeper.sleep(slice);
+        left = left.saturating_sub(slice);
+        reporter.write();
+    }
+}
+
+/// How often status.json is rewritten while the agent waits to try again.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// An error no retry can fix: the card itself is refused (e.g. a joined node
+/// stamped as another node). The step fails at once; what to do is in the message.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// Runs one step and records it as done.
 fn run_step(env: &Env, hooks: &Hooks, cfg: &NodeConfig, store: &mut Store, step: Step) -> anyhow::Result<Vec<(String, String)>> {
@@ -159,7 +212,8 @@ pub fn command(opts: &RunOpts) -> anyhow::Result<ExitCode> {
         log::warn!("{} is set: the agent will abort on purpose (test hook)", crash::ENV);
     }
     let guard = Guard::new(crash);
-    let timings = Timings::default();
+    let mut timings = Timings::default();
+    timings.step_tries.attempts = opts.tries;
     let command_log;
     let (log_runner, dry_probe);
     let system = SystemRunner;
@@ -314,6 +368,140 @@ mod tests {
         assert!(
             !commands.iter().any(|c| c.starts_with("systemctl enable --now containerd")),
             "runtime re-ran: {commands:#?}"
+        );
+    }
+
+    /// A failed step is tried again in the same run, with backoff, and
+    /// status.json says so while the agent waits: phase `retrying`, the
+    /// attempt, the next try, the last error, and an `updated` that moves.
+    #[test]
+    fn a_failed_step_is_tried_again_without_a_reboot() {
+        use std::sync::Mutex;
+        use std::time::Duration;
+
+        use piha_config::status::Status;
+
+        use crate::paths::Paths;
+        use crate::retry::{Backoff, Sleeper};
+
+        /// Reads status.json at every pause.
+        struct Snapshots<'a> {
+            paths: &'a Paths,
+            seen: Mutex<Vec<(Duration, Status)>>,
+        }
+        impl Sleeper for Snapshots<'_> {
+            fn sleep(&self, d: Duration) {
+                let text = std::fs::read_to_string(self.paths.status_file()).unwrap();
+                self.seen.lock().unwrap().push((d, serde_json::from_str(&text).unwrap()));
+            }
+        }
+
+        let mut s = Scratch::new("w1");
+        s.timings.step_tries = Backoff::new(Duration::from_secs(15), Duration::from_secs(60), None);
+        for _ in 0..3 {
+            s.runner
+                .fail_once("kubeadm join", "couldn't validate the identity of the API Server");
+            s.runner
+                .fail_once("kubeadm join", "couldn't validate the identity of the API Server");
+        }
+        let sleeper = Snapshots {
+            paths: &s.paths,
+            seen: Mutex::new(Vec::new()),
+        };
+        let env = crate::steps::Env {
+            sleeper: &sleeper,
+            ..s.env()
+        };
+        let guard = crate::crash::Guard::new(None);
+        let ending = super::run(
+            &env,
+            &super::Hooks {
+                guard: &guard,
+                command_log: None,
+            },
+        );
+        assert_eq!(ending, Ending::Done);
+        let joins = s.commands().iter().filter(|c| c.starts_with("kubeadm join")).count();
+        assert_eq!(joins, 7, "3 failed tries of 2 joins each, then one that works");
+
+        let seen = sleeper.seen.lock().unwrap();
+        // Inside each try: the join's own pause between its two joins (60 s).
+        // Between tries: 15 s, then 30 s (three heartbeats of 10 s), then 60 s.
+        let retry_pauses: Vec<(u64, u32)> = seen
+            .iter()
+            .filter(|(_, st)| st.phase == Phase::Retrying)
+            .map(|(d, st)| (d.as_secs(), st.retry.as_ref().unwrap().attempt))
+            .collect();
+        assert_eq!(
+            retry_pauses,
+            [
+                (10, 1),
+                (5, 1),
+                (10, 2),
+                (10, 2),
+                (10, 2),
+                (10, 3),
+                (10, 3),
+                (10, 3),
+                (10, 3),
+                (10, 3),
+                (10, 3)
+            ]
+        );
+        let (_, waiting) = seen.iter().find(|(_, st)| st.phase == Phase::Retrying).unwrap();
+        let retry = waiting.retry.as_ref().unwrap();
+        assert_eq!(retry.step, "join-worker");
+        assert!(retry.last_error.contains("kubeadm join failed 2 times"), "{retry:?}");
+        assert!(
+            retry.next_try >= waiting.updated && retry.next_try <= waiting.updated + 15,
+            "{retry:?}"
+        );
+        assert!(!waiting.joined);
+        assert_eq!(waiting.steps.last().map(|st| st.outcome), Some(Outcome::Failed));
+
+        let done = s.status();
+        assert_eq!(done.phase, Phase::Done);
+        assert!(done.retry.is_none() && done.error.is_none() && done.joined, "{done:?}");
+        // Every failed try is in the record, then the one that worked.
+        let tries: Vec<Outcome> = done
+            .steps
+            .iter()
+            .filter(|st| st.name == "join-worker")
+            .map(|st| st.outcome)
+            .collect();
+        assert_eq!(tries, [Outcome::Failed, Outcome::Failed, Outcome::Failed, Outcome::Ok]);
+    }
+
+    /// A node becomes a member the moment kubeadm succeeds: a failure after it
+    /// (here the CNI apply) leaves `joined` set, so a card re-stamped for
+    /// another node is refused, and no `kubeadm reset` is ever queued.
+    #[test]
+    fn joined_is_recorded_when_kubeadm_succeeds_not_when_the_step_ends() {
+        let s = Scratch::new("cp1");
+        for _ in 0..3 {
+            s.runner.fail_once("kubectl", "error: the server doesn't have a resource type");
+        }
+        assert_eq!(s.run(), Ending::Failed);
+        let status = s.status();
+        assert_eq!(status.steps.last().map(|st| st.name.as_str()), Some("init-control-plane"));
+        assert!(status.joined, "{status:?}");
+        assert_eq!(s.state().joined.map(|j| j.name), Some("cp1".to_string()));
+
+        // Re-stamped as cp3 now: refused at once (not retried), nothing reset.
+        crate::testing::stamp(
+            s.card.path(),
+            &crate::testing::node("cp3", piha_config::node::NetworkRenderer::Networkd),
+        );
+        s.clear_commands();
+        assert_eq!(s.run(), Ending::Failed);
+        let error = s.status().error.unwrap();
+        assert!(error.contains("already joined as cp1"), "{error}");
+        assert!(
+            !s.commands()
+                .iter()
+                .any(|c| ["kubeadm init", "kubeadm join", "kubeadm reset"].iter().any(|k| c.starts_with(k))),
+            "{:#?}",
+            s.commands()
         );
     }
 }

@@ -54,6 +54,11 @@ pub struct RunOpts {
     /// (canned answers from <root>/var/lib/piha/dry-run/<program>.stdout|.fail).
     #[arg(long, hide = true)]
     pub dry_run_commands: bool,
+    /// Give up on a step after this many failed tries (exit status 1; the next
+    /// boot starts again). Default: try again without limit, with pauses
+    /// doubling from 5 s to 60 s.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tries: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]

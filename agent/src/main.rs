@@ -13,6 +13,7 @@ mod config_partition;
 mod cpu;
 mod crash;
 mod dry_run;
+mod existing_cluster;
 mod files;
 mod logging;
 mod paths;

@@ -25,6 +25,10 @@ pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
 pub const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
 pub const BOOTSTRAP_KUBELET_CONF: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
 
+/// The cluster CA's certificate, copied from the card for the init control
+/// plane's probe of the VIP (`existing_cluster`).
+pub const PROBE_CA: &str = "/run/piha/cluster-ca.crt";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
     pub root: PathBuf,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use piha_config::node::NodeConfig;
-use piha_config::status::{Outcome, Phase, Status, StepRecord};
+use piha_config::status::{Outcome, Phase, Retry, Status, StepRecord};
 use piha_runner::RunError;
 
 use crate::cpu;
@@ -15,7 +15,8 @@ use crate::paths::Paths;
 use piha_atomic as atomic;
 
 /// The status.json format version this agent writes.
-pub const STATUS_SCHEMA: u32 = 1;
+/// 2: phase `retrying`, `retry` and `joined`.
+pub const STATUS_SCHEMA: u32 = 2;
 
 /// Unix seconds now.
 pub fn now() -> u64 {
@@ -53,6 +54,8 @@ impl Reporter {
             versions: Default::default(),
             error: None,
             waiting: None,
+            retry: None,
+            joined: false,
         };
         status.versions.insert("piha-agent".into(), env!("CARGO_PKG_VERSION").into());
         if let Ok(kernel) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
@@ -87,6 +90,7 @@ impl Reporter {
             stderr_tail: None,
         });
         self.status.waiting = None;
+        self.status.error = None;
         self.running = Some(Running {
             index: self.status.steps.len() - 1,
             wall: Instant::now(),
@@ -119,21 +123,48 @@ impl Reporter {
 
     pub fn finish_ok(&mut self) {
         self.finish(Outcome::Ok);
+        self.status.retry = None;
         self.write();
+    }
+
+    /// Whether the node is a member of the cluster (state.json's `joined`).
+    pub fn set_joined(&mut self, joined: bool) {
+        self.status.joined = joined;
     }
 
     /// The running step failed: its record gets the error chain and the
     /// failing command's stderr tail; the phase becomes `failed`.
     pub fn finish_failed(&mut self, err: &anyhow::Error) {
+        let message = self.record_failure(err);
+        self.status.phase = Phase::Failed;
+        self.status.retry = None;
+        self.status.error = Some(message);
+        self.write();
+    }
+
+    /// The running step failed and is tried again at `next_try` (unix
+    /// seconds): the phase becomes `retrying`, with the attempt and the error.
+    pub fn finish_retrying(&mut self, step: &str, err: &anyhow::Error, attempt: u32, next_try: u64) {
+        let message = self.record_failure(err);
+        self.status.phase = Phase::Retrying;
+        self.status.retry = Some(Retry {
+            step: step.to_string(),
+            attempt,
+            next_try,
+            last_error: message.clone(),
+        });
+        self.status.error = Some(message);
+        self.write();
+    }
+
+    fn record_failure(&mut self, err: &anyhow::Error) -> String {
         let message = format!("{err:#}");
         let stderr_tail = stderr_tail(err);
         if let Some(step) = self.finish(Outcome::Failed) {
             step.error = Some(message.clone());
             step.stderr_tail = stderr_tail;
         }
-        self.status.phase = Phase::Failed;
-        self.status.error = Some(message);
-        self.write();
+        message
     }
 
     /// A step done on an earlier boot.
@@ -164,6 +195,7 @@ impl Reporter {
     pub fn done(&mut self) {
         self.status.phase = Phase::Done;
         self.status.error = None;
+        self.status.retry = None;
         self.write();
     }
 

@@ -64,11 +64,18 @@ pub fn stamp(card: &Path, cfg: &NodeConfig) {
     std::fs::write(card.join("node.yaml"), cfg.to_yaml()).unwrap();
 }
 
+/// What `openssl s_client` says when nothing listens at the VIP.
+pub const VIP_REFUSED: &str = "40C7B1F5E07F0000:error:8000006F:system library:BIO_connect:Connection refused:../crypto/bio/bio_sock2.c:114:calling connect()\nconnect:errno=111";
+
 /// Runs commands by recording them; a command whose line starts with a
 /// queued prefix fails once with the queued stderr.
 pub struct TestRunner {
     pub rec: Arc<RecordingRunner>,
     failures: Mutex<Vec<(String, String)>>,
+    /// What the TLS probe of the VIP (`existing_cluster`) gets: `None`, a
+    /// handshake that verifies; `Some(stderr)`, openssl failing with it.
+    /// Default: refused, as when no cluster exists yet.
+    pub vip_tls: Mutex<Option<String>>,
 }
 
 impl TestRunner {
@@ -81,6 +88,16 @@ impl Runner for TestRunner {
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError> {
         let out = self.rec.run(cmd);
         let line = cmd.display();
+        if line.contains("openssl s_client") {
+            if let Some(stderr) = self.vip_tls.lock().unwrap().clone() {
+                return Err(RunError::Failed {
+                    command: line,
+                    status: "exit status: 1".into(),
+                    stderr_tail: stderr,
+                });
+            }
+            return out;
+        }
         let mut failures = self.failures.lock().unwrap();
         if let Some(i) = failures.iter().position(|(p, _)| line.starts_with(p.as_str())) {
             let (_, stderr) = failures.remove(i);
@@ -202,8 +219,11 @@ impl Scratch {
         let rec = Arc::new(RecordingRunner::new());
         let quick = Backoff::new(Duration::from_millis(1), Duration::from_millis(4), Some(3));
         let timings = Timings {
+            // One try per run unless a test asks for more: most tests look at
+            // what one failed run leaves (as `piha-agent run --tries 1`).
+            step_tries: Backoff::new(Duration::from_secs(5), Duration::from_secs(60), Some(1)),
             runtime_socket: quick,
-            remote_api: Backoff::new(Duration::from_secs(1), Duration::from_secs(30), None),
+            remote_api: Backoff::new(Duration::from_secs(1), Duration::from_secs(30), Some(20)),
             local_api: quick,
             cni_apply: quick,
             ipvs: quick,
@@ -220,6 +240,7 @@ impl Scratch {
             runner: TestRunner {
                 rec: rec.clone(),
                 failures: Mutex::new(Vec::new()),
+                vip_tls: Mutex::new(Some(VIP_REFUSED.to_string())),
             },
             probe: TestProbe {
                 rec,

@@ -16,7 +16,12 @@ pub const STATUS_FILE: &str = "status.json";
 pub enum Phase {
     /// The agent is working through its steps (or was cut off while doing so).
     Running,
-    /// A step failed; the next boot retries it.
+    /// A step failed and the agent tries it again at `retry.next_try`,
+    /// without a reboot.
+    Retrying,
+    /// A step failed and the agent gave up (only with `piha-agent run
+    /// --tries N`; by default it retries without limit), or the agent
+    /// could not even load its state; the next boot retries it.
     Failed,
     /// node.yaml is missing or invalid; nothing was applied.
     InvalidConfig,
@@ -39,6 +44,7 @@ impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Running => "running",
+            Phase::Retrying => "retrying",
             Phase::Failed => "failed",
             Phase::InvalidConfig => "invalid-config",
             Phase::Done => "done",
@@ -100,4 +106,25 @@ pub struct Status {
     /// What the running step waits for, when it waits (e.g. the clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// While phase is `retrying`: which try failed, when the next starts, why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Whether this node is a member of the cluster: kubeadm init or join
+    /// succeeded (or, on a director, its role step finished). Recorded the
+    /// moment kubeadm succeeds, not when the step ends.
+    #[serde(default)]
+    pub joined: bool,
+}
+
+/// A failed step that the agent tries again by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// The step that failed.
+    pub step: String,
+    /// How many tries of it have failed so far (1 after the first failure).
+    pub attempt: u32,
+    /// Unix seconds when the next try starts.
+    pub next_try: u64,
+    /// Why the last try failed.
+    pub last_error: String,
 }

@@ -84,6 +84,9 @@ impl Node {
         drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
         let ip = std::fs::read_to_string(repo().join("tests/agent/ip-addr.json")).unwrap();
         node.write("/var/lib/piha/dry-run/ip.stdout", &ip);
+        // The init control plane's TLS probe of the VIP (`timeout 10 openssl
+        // s_client`): refused, as before any cluster exists.
+        node.write("/var/lib/piha/dry-run/timeout.fail", "connect:errno=111\n");
         let ipvs = std::fs::read_to_string(repo().join("tests/agent/ipvsadm-Ln.txt"))
             .unwrap()
             .replace("10.10.197.101", "10.0.2.100");
@@ -116,7 +119,9 @@ impl Node {
             c.arg("--config-dir").arg(self.card.path());
         }
         if args.first().is_none_or(|a| *a == "run") {
-            c.arg("--dry-run-commands");
+            // One try per step, as one boot that gives up: the tests look at
+            // what a failed run leaves (the default retries without limit).
+            c.arg("--dry-run-commands").args(["--tries", "1"]);
         }
         c.env_remove("PIHA_AGENT_CRASH_AT")
             .env_remove("JOURNAL_STREAM")

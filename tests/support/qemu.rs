@@ -97,7 +97,11 @@ fn args(b: &Boot) -> (String, Vec<String>) {
         "-monitor".into(),
         "none".into(),
     ]);
-    let mut net = "user,id=n0,net=10.0.2.0/24".to_string();
+    // restrict=on: nothing the guest sends leaves through the host (the
+    // network rule); only the explicit forwards below reach the host. The
+    // init control plane's TLS probe of the VIP then times out, as on a LAN
+    // where nobody holds the VIP yet.
+    let mut net = "user,id=n0,net=10.0.2.0/24,restrict=on".to_string();
     for e in &b.net_extra {
         net.push(',');
         net.push_str(e);

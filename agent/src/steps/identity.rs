@@ -15,6 +15,7 @@ use piha_config::render::{self, NETPLAN_FILE, NETWORKD_FILE};
 use piha_runner::Cmd;
 
 use super::{Env, Step, kubeadm};
+use crate::agent::Refused;
 use crate::config_partition;
 use crate::files;
 use crate::retry::retry;
@@ -31,14 +32,15 @@ pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<()>
                 Ok(false) => String::new(),
                 Err(e) => format!(" The card's secrets could not be scrubbed: {e:#}."),
             };
-            anyhow::bail!(
+            return Err(Refused(format!(
                 "this board already joined as {} but the card now says {}: a node cannot silently change its cluster identity \
                  (fix: put the card stamped for {} back, or to re-purpose this board run `kubeadm reset -f` (directors: \
                  `systemctl disable --now keepalived`), then `piha-agent reset`, re-stamp the card and reboot; or flash the image afresh).{scrubbed}",
                 joined.describe(),
                 wanted.describe(),
                 joined.name
-            );
+            ))
+            .into());
         }
     }
     if let Some(previous) = store.state.identity.clone() {

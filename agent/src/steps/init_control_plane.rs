@@ -1,4 +1,8 @@
-//! init-control-plane: the first control plane. Places the CAs, runs
+//! init-control-plane: the first control plane. First asks whether a
+//! cluster with this card's CA already serves the VIP (`existing_cluster`):
+//! if one does (the card was re-flashed, the cluster lives on in the other
+//! control planes), it joins that cluster as a control plane instead, and
+//! never makes a second cluster. Otherwise it places the CAs, runs
 //! `kubeadm init`, brings up the realServer VIP once its own API server
 //! answers, and applies the CNI manifest rendered from node.yaml (Flannel,
 //! `piha_config::render::cni`), written with the role's files.
@@ -23,7 +27,9 @@ use piha_runner::Cmd;
 
 use super::kubeadm::{self, DONE, STARTED};
 use super::{Env, Step};
+use crate::agent::Refused;
 use crate::api_wait::wait_for_api;
+use crate::existing_cluster::{self, Found};
 use crate::paths::ADMIN_CONF;
 use crate::retry::retry;
 use crate::state::Store;
@@ -31,8 +37,30 @@ use crate::state::Store;
 /// Fact key in status.json's versions: which CNI manifests were applied.
 pub const CNI_FACT: &str = "cni";
 
+/// Marks: which way this node went, decided once per disk before its first
+/// kubeadm run (so a later try never changes its mind half-way).
+pub const VIP_FREE: &str = "vip-free-init";
+pub const VIP_SERVED: &str = "vip-served-join";
+/// Fact key in status.json's versions when the node joined instead of init.
+pub const INIT_FACT: &str = "init";
+
 pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<Vec<(String, String)>> {
     let step = Step::InitControlPlane.name();
+    if cluster_already_serves(env, cfg, store, step)? {
+        // Re-flashed (or replaced) first control plane: the cluster lives on
+        // in the other control planes, and this node joins it like any of them.
+        let mut joiner = cfg.clone();
+        joiner.node.init = false;
+        kubeadm::join_once(env, store, step, &joiner)?;
+        kubeadm::start_realserver(env)?;
+        return Ok(vec![(
+            INIT_FACT.to_string(),
+            format!(
+                "joined the cluster already serving at {}:{} instead of kubeadm init",
+                cfg.cluster.vip, cfg.cluster.api_port
+            ),
+        )]);
+    }
     let token = kubeadm::write_role_files(env, cfg)?;
     kubeadm::enable_kubelet(env)?;
     let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, cfg.cluster.api_port);
@@ -42,7 +70,7 @@ pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<Vec
         kubeadm::place_pki(env, cfg)?;
         store.mark(step, STARTED)?;
         vip_up = init_raising_vip(env, local)?;
-        store.mark(step, DONE)?;
+        kubeadm::record_success(store, step)?;
     }
     kubeadm::forget_token(env, &token)?;
     if !vip_up {
@@ -52,6 +80,41 @@ pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<Vec
     }
     let cni = apply_cni(env)?;
     Ok(vec![(CNI_FACT.to_string(), cni)])
+}
+
+/// Whether a cluster with this card's CA already serves the VIP (see
+/// `existing_cluster`). Asked once, before the first kubeadm run on this disk.
+fn cluster_already_serves(env: &Env, cfg: &NodeConfig, store: &mut Store, step: &str) -> anyhow::Result<bool> {
+    if store.has_mark(step, VIP_SERVED) {
+        return Ok(true);
+    }
+    if store.has_mark(step, VIP_FREE) || store.has_mark(step, STARTED) || store.has_mark(step, DONE) {
+        return Ok(false);
+    }
+    let vip = SocketAddrV4::new(cfg.cluster.vip, cfg.cluster.api_port);
+    match existing_cluster::probe(env, vip)? {
+        Found::Nobody(why) => {
+            log::info!("no cluster serves {vip} yet ({why}): this node initialises it");
+            store.mark(step, VIP_FREE)?;
+            Ok(false)
+        }
+        Found::ThisCluster => {
+            log::warn!(
+                "an API server of this cluster (its certificate verifies against the card's CA) already serves {vip}: joining it instead of kubeadm init"
+            );
+            store.mark(step, VIP_SERVED)?;
+            Ok(true)
+        }
+        Found::Foreign(said) => Err(Refused(format!(
+            "{vip} is served by an API server whose certificate does not verify against this card's cluster CA: another cluster holds this \
+             cluster's VIP, and initialising here would put two clusters behind one address (fix: give this cluster another `api.vip` in \
+             the cluster file, or take the other cluster off {vip}; then re-stamp the card and reboot). openssl said: {said}"
+        ))
+        .into()),
+        Found::Unclear(said) => anyhow::bail!(
+            "could not tell whether a cluster already serves {vip} (openssl s_client said: {said}); not running kubeadm init on a guess"
+        ),
+    }
 }
 
 /// Runs `kubeadm init` and, concurrently, raises the VIP once the local API
@@ -263,5 +326,93 @@ mod tests {
         std::fs::write(manifests.join("kube-apiserver.yaml"), "kind: Pod\n").unwrap();
         assert_eq!(s.run(), Ending::Done);
         assert!(s.position("kubeadm reset -f").unwrap() < s.position("kubeadm init").unwrap());
+    }
+
+    /// A re-flashed first control plane finds its cluster at the VIP (a TLS
+    /// handshake verified by the card's CA) and joins it instead of
+    /// initialising a second cluster; the choice holds on later boots.
+    #[test]
+    fn a_cluster_already_at_the_vip_is_joined_not_initialised_again() {
+        let s = Scratch::new("cp1");
+        *s.runner.vip_tls.lock().unwrap() = None;
+        assert_eq!(s.run(), Ending::Done);
+        let commands = s.commands();
+        let probe = s
+            .position("timeout 10 openssl s_client -brief -verify_return_error -connect 10.0.2.100:6443 -CAfile")
+            .unwrap();
+        let join = s.position("kubeadm join --config /etc/piha/kubeadm.yaml").expect("joined");
+        assert!(probe < join, "{commands:#?}");
+        assert!(
+            !commands.iter().any(|c| c.starts_with("kubeadm init") || c.starts_with("kubectl")),
+            "{commands:#?}"
+        );
+        assert!(join < s.position("systemctl enable --now piha-realserver.service").unwrap());
+        let config = s.read(KUBEADM_CONFIG);
+        assert!(
+            config.contains("kind: JoinConfiguration") && config.contains("controlPlane:"),
+            "{config}"
+        );
+        assert!(!config.contains("InitConfiguration"), "{config}");
+        assert!(
+            s.status()
+                .versions
+                .get(super::INIT_FACT)
+                .unwrap()
+                .contains("instead of kubeadm init")
+        );
+        assert!(s.state().has_mark("init-control-plane", super::VIP_SERVED));
+
+        // Later boots neither probe again nor change their mind.
+        s.clear_commands();
+        assert_eq!(s.run(), Ending::Done);
+        assert!(
+            !s.commands()
+                .iter()
+                .any(|c| c.contains("s_client") || c.starts_with("kubeadm join") || c.starts_with("kubeadm init")),
+            "{:#?}",
+            s.commands()
+        );
+    }
+
+    /// Another cluster's API server at the VIP: the node stops (no retry,
+    /// nothing run), and status.json says what to do.
+    #[test]
+    fn another_clusters_api_at_the_vip_stops_the_node() {
+        let s = Scratch::new("cp1");
+        *s.runner.vip_tls.lock().unwrap() = Some(
+            "verify error:num=20:unable to get local issuer certificate\nerror:0A000086:SSL routines::certificate verify failed".into(),
+        );
+        assert_eq!(s.run(), Ending::Failed);
+        let error = s.status().error.unwrap();
+        assert!(
+            error.contains("does not verify against this card's cluster CA") && error.contains("api.vip"),
+            "{error}"
+        );
+        assert!(
+            !s.commands()
+                .iter()
+                .any(|c| c.starts_with("kubeadm init") || c.starts_with("kubeadm join"))
+        );
+        assert!(!s.paths.host("/etc/kubernetes/pki/ca.key").exists());
+    }
+
+    /// Neither answer (a reset mid-handshake): the step fails and is tried
+    /// again, probing again, never initialising on a guess.
+    #[test]
+    fn an_unclear_answer_is_asked_again() {
+        let s = Scratch::new("cp1");
+        *s.runner.vip_tls.lock().unwrap() = Some("write:errno=104".into());
+        assert_eq!(s.run(), Ending::Failed);
+        assert!(
+            s.status()
+                .error
+                .unwrap()
+                .contains("could not tell whether a cluster already serves")
+        );
+        assert!(!s.commands().iter().any(|c| c.starts_with("kubeadm init")));
+        *s.runner.vip_tls.lock().unwrap() = Some(crate::testing::VIP_REFUSED.into());
+        assert_eq!(s.run(), Ending::Done);
+        assert!(s.position("kubeadm init").is_some());
+        assert!(s.state().has_mark("init-control-plane", super::VIP_FREE));
     }
 }

@@ -125,6 +125,18 @@ pub fn place_pki(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// kubeadm succeeded: from this moment the node is a member of the cluster.
+/// `kubeadm-done` and `joined` are saved together, before anything else
+/// runs (the CNI apply, the realServer), so a later failure or a re-stamped
+/// card can never lead to `kubeadm reset` on a member (see `steps::identity`).
+pub fn record_success(store: &mut Store, step: &str) -> anyhow::Result<()> {
+    store.state.add_mark(step, DONE);
+    store.state.joined = store.state.identity.clone();
+    store
+        .save()
+        .with_context(|| format!("recording that kubeadm succeeded in step {step}"))
+}
+
 /// What the bootstrap token becomes in /etc/piha/kubeadm.yaml once kubeadm
 /// has run with it.
 pub const TOKEN_REMOVED: &str = "removed-by-piha-agent-after-kubeadm";
@@ -187,7 +199,7 @@ pub fn join_once(env: &Env, store: &mut Store, step: &str, cfg: &NodeConfig) -> 
     if !store.has_mark(step, DONE) {
         let api = SocketAddrV4::new(cfg.cluster.vip, cfg.cluster.api_port);
         join(env, store, step, cfg, api)?;
-        store.mark(step, DONE)?;
+        record_success(store, step)?;
     }
     forget_token(env, &token)
 }

@@ -149,13 +149,20 @@ pub struct Env<'a> {
     pub timings: &'a Timings,
 }
 
-/// How long the agent waits for things. Bounded everywhere except the wait
-/// for the cluster's API at the VIP, which a joining node waits for forever.
+/// How long the agent waits for things. Every wait inside a step is bounded;
+/// a step that fails is tried again per `step_tries`, which has no bound, so a
+/// joining node waits for the cluster's API for as long as it takes.
 #[derive(Debug, Clone)]
 pub struct Timings {
     /// The container runtime's socket after starting it.
     pub runtime_socket: Backoff,
-    /// The API at VIP:port before a join: unbounded, the pause capped at 30 s.
+    /// A failed step, tried again in the same run: unbounded by default (no
+    /// reboot is needed to recover), the pause capped at a minute, so a node
+    /// notices a recovered cluster within a minute.
+    pub step_tries: Backoff,
+    /// The API at VIP:port before a join, within one try of the step: about
+    /// three minutes, then the step fails with "did not answer" (shown in
+    /// status.json) and is tried again per `step_tries`.
     pub remote_api: Backoff,
     /// The local API server after `kubeadm init` (kubeadm itself waited for it; this only confirms).
     pub local_api: Backoff,
@@ -185,7 +192,8 @@ impl Default for Timings {
         let ms = Duration::from_millis;
         Timings {
             runtime_socket: Backoff::new(ms(250), s(5), Some(25)),
-            remote_api: Backoff::new(s(1), s(30), None),
+            step_tries: Backoff::new(s(5), s(60), None),
+            remote_api: Backoff::new(s(1), s(30), Some(10)),
             local_api: Backoff::new(ms(500), s(10), Some(40)),
             cni_apply: Backoff::new(s(2), s(20), Some(8)),
             ipvs: Backoff::new(ms(500), s(5), Some(12)),

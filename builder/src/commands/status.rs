@@ -63,8 +63,9 @@ pub fn summary(s: &Status, stamped: Option<&str>) -> String {
     let node = s.node.as_deref().unwrap_or("(unknown node)");
     let role = s.role.map(|r| r.as_str()).unwrap_or("unknown role");
     out.push_str(&format!(
-        "node {node} ({role}): phase {}, boot {}, updated {}\n",
+        "node {node} ({role}): phase {}, {}, boot {}, updated {}\n",
         s.phase.as_str(),
+        if s.joined { "joined" } else { "not joined" },
         s.boots,
         when(s.updated)
     ));
@@ -78,7 +79,16 @@ pub fn summary(s: &Status, stamped: Option<&str>) -> String {
     if let Some(w) = &s.waiting {
         out.push_str(&format!("waiting for {w}\n"));
     }
-    if let Some(e) = &s.error {
+    if let Some(r) = &s.retry {
+        out.push_str(&format!(
+            "retrying {}: try {} failed, next try at {}\n  last error: {}\n",
+            r.step,
+            r.attempt,
+            when(r.next_try),
+            r.last_error
+        ));
+    }
+    if let (Some(e), None) = (&s.error, &s.retry) {
         out.push_str(&format!("error: {e}\n"));
     }
     let width = s.steps.iter().map(|st| st.name.len()).max().unwrap_or(0);
@@ -111,7 +121,7 @@ fn step_line(st: &StepRecord, width: usize) -> String {
 }
 
 /// Unix seconds as `2025-01-31 12:00:00 UTC`.
-fn when(unix: u64) -> String {
+pub fn when(unix: u64) -> String {
     match i64::try_from(unix)
         .ok()
         .and_then(|u| time::OffsetDateTime::from_unix_timestamp(u).ok())
@@ -172,10 +182,12 @@ mod tests {
             versions: BTreeMap::from([("piha-agent".to_string(), "0.1.0".to_string())]),
             error: Some("step join failed".into()),
             waiting: None,
+            retry: None,
+            joined: false,
         };
         let text = summary(&s, Some("cp2 (control-plane) of cluster qemu-lab"));
         assert!(
-            text.starts_with("node cp2 (control-plane): phase failed, boot 2, updated 2023-11-14 22:15:00 UTC\n"),
+            text.starts_with("node cp2 (control-plane): phase failed, not joined, boot 2, updated 2023-11-14 22:15:00 UTC\n"),
             "{text}"
         );
         assert!(text.contains("error: step join failed"), "{text}");
@@ -187,6 +199,37 @@ mod tests {
         assert!(text.contains("versions: piha-agent 0.1.0"), "{text}");
         assert!(!text.contains("re-stamp"), "{text}");
         assert!(summary(&s, Some("w1 (worker) of cluster qemu-lab")).contains("now stamped for w1"));
+    }
+
+    #[test]
+    fn a_step_being_retried_shows_its_attempt_next_try_and_last_error() {
+        let s = Status {
+            schema: 2,
+            node: Some("w1".into()),
+            role: Some(Role::Worker),
+            phase: Phase::Retrying,
+            updated: 1_700_000_100,
+            boots: 1,
+            steps: Vec::new(),
+            versions: BTreeMap::new(),
+            error: Some("the cluster's API at 10.0.2.100:6443 did not answer".into()),
+            waiting: None,
+            retry: Some(piha_config::status::Retry {
+                step: "join-worker".into(),
+                attempt: 3,
+                next_try: 1_700_000_160,
+                last_error: "the cluster's API at 10.0.2.100:6443 did not answer".into(),
+            }),
+            joined: false,
+        };
+        let text = summary(&s, None);
+        assert!(
+            text.contains(
+                "retrying join-worker: try 3 failed, next try at 2023-11-14 22:16:00 UTC\n  last error: the cluster's API at 10.0.2.100:6443 did not answer\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("\nerror:"), "said once: {text}");
     }
 
     #[test]
