@@ -10,7 +10,7 @@ use piha_config::status::STATUS_FILE;
 
 /// The mount point of PIHA-CFG (`boot-piha.mount` in `overlays/agent`).
 /// Not under /var/lib/piha, which holds the agent's own state.
-pub const DEFAULT_CONFIG_DIR: &str = "/boot/piha";
+pub const DEFAULT_CONFIG_DIR: &str = piha_config::node::CONFIG_MOUNT;
 /// The agent's record of finished steps.
 pub const STATE_FILE: &str = "/var/lib/piha/state.json";
 /// Written by the hidden `--dry-run-commands` test hook instead of running commands.

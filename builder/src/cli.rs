@@ -41,8 +41,10 @@ pub enum Command {
     Flash(FlashOpts),
     /// Check every host tool piha needs and say how to install what is missing.
     Doctor(DoctorOpts),
-    /// Read the agent's status.json from a card or image.
+    /// The agents' status: of every node of a cluster over SSH, or from one card or image.
     Status(StatusOpts),
+    /// Write an admin kubeconfig for this workstation, minted from the cluster CA.
+    Kubeconfig(KubeconfigOpts),
     /// The whole cluster as QEMU VMs on one private network, and its failover test.
     Lab(LabOpts),
     /// Print shell completions.
@@ -241,11 +243,36 @@ pub struct DoctorOpts {
 
 #[derive(Debug, Args)]
 pub struct StatusOpts {
-    /// Image file or block device.
-    pub target: PathBuf,
-    /// Print the raw status.json.
+    /// Image file or block device (a card in a reader).
+    #[arg(required_unless_present = "cluster", conflicts_with = "cluster")]
+    pub target: Option<PathBuf>,
+    /// Every node of this cluster, over SSH (the system `ssh`: your keys,
+    /// agent and ~/.ssh/config apply).
+    #[arg(long, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
+    /// With --cluster: refresh every few seconds until interrupted (with
+    /// --json, one JSON array per line).
+    #[arg(long, requires = "cluster")]
+    pub watch: bool,
+    /// With --cluster: the user to log in as.
+    #[arg(long, default_value = crate::day2::remote::ADMIN_USER, requires = "cluster")]
+    pub user: String,
+    /// Print JSON: the raw status.json of a TARGET, or the rows of --cluster.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigOpts {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Where to write it (mode 0600) [default: <cluster name>.kubeconfig beside the cluster file].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Days the client certificate lasts (Kubernetes cannot revoke one, so keep it short).
+    #[arg(long, default_value_t = crate::day2::kubeconfig::DEFAULT_DAYS,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::day2::kubeconfig::MAX_DAYS)))]
+    pub days: u32,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ pub mod arch;
 pub mod card;
 pub mod cli;
 pub mod commands;
+pub mod day2;
 pub mod device;
 pub mod host;
 pub mod image;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Flash(o) => commands::flash::run(&o),
         Command::Doctor(o) => commands::doctor::run(&o),
         Command::Status(o) => commands::status::run(&o),
+        Command::Kubeconfig(o) => commands::kubeconfig::run(&o),
         Command::Lab(o) => commands::lab::run(&o),
         Command::Completions(o) => commands::docs::completions(&o),
         Command::Man(o) => commands::docs::man(&o),

@@ -23,6 +23,8 @@ const SEAL: &str = "# sha256: ";
 pub const NODE_FILE: &str = "node.yaml";
 /// The FAT volume label of the config partition.
 pub const CONFIG_LABEL: &str = "PIHA-CFG";
+/// Where a node mounts it (`boot-piha.mount` in `overlays/agent`); root-only.
+pub const CONFIG_MOUNT: &str = "/boot/piha";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -88,7 +88,7 @@ pub fn ca(common_name: &str, alg: KeyAlgorithm) -> anyhow::Result<Ca> {
 }
 
 /// A positive 128-bit random serial, as kubeadm uses.
-fn random_serial() -> SerialNumber {
+pub fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = OsRng.r#gen();
     // The MSB clear keeps the DER INTEGER positive without a padding byte.
     bytes[0] &= 0x7f;

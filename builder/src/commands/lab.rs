@@ -72,7 +72,7 @@ fn loaded(dir: &LabDir) -> anyhow::Result<LabState> {
 fn status(d: &LabDirArg, json: bool) -> anyhow::Result<()> {
     let dir = lab_dir(d)?;
     let state = loaded(&dir)?;
-    let rows = nodes::rows(&dir, &state);
+    let rows = nodes::over_ssh(&SystemRunner, &dir, &state);
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {

@@ -6,6 +6,7 @@ pub mod docs;
 pub mod doctor;
 pub mod flash;
 pub mod init;
+pub mod kubeconfig;
 pub mod lab;
 pub mod render;
 pub mod stamp;

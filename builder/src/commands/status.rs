@@ -1,7 +1,10 @@
 //! `piha status TARGET`: what the agent wrote to `status.json` on a card, an
 //! image, or a bare PIHA-CFG filesystem image, read without mounting.
+//! `piha status --cluster FILE [--watch]`: every node's, over SSH (`day2::remote`).
 
+use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use piha_config::node::{CONFIG_LABEL, NODE_FILE, NodeConfig};
@@ -9,12 +12,79 @@ use piha_config::status::{STATUS_FILE, Status, StepRecord};
 
 use crate::card::report;
 use crate::cli::StatusOpts;
+use crate::day2::node_status::{self, Who, when};
+use crate::day2::remote::{self, UserSsh};
+use crate::inputs::cluster;
+use piha_runner::SystemRunner;
 
 /// Said when the card has no status.json.
 pub const NOT_BOOTED: &str = "no status.json: the node has not booted with this card yet";
 
 pub fn run(opts: &StatusOpts) -> anyhow::Result<()> {
-    let target = &opts.target;
+    match (&opts.target, &opts.cluster) {
+        (_, Some(cluster)) => run_cluster(opts, cluster),
+        (Some(target), None) => run_target(opts, target),
+        (None, None) => bail!("give a card or image (`piha status /dev/sdX`) or a cluster (`piha status --cluster cluster.yaml`)"),
+    }
+}
+
+/// How long `--watch` waits between refreshes.
+const WATCH_EVERY: Duration = Duration::from_secs(5);
+
+/// `--cluster`: every node over SSH, once or (`--watch`) until interrupted.
+fn run_cluster(opts: &StatusOpts, cluster_path: &Path) -> anyhow::Result<()> {
+    let cluster = cluster::load_cluster(cluster_path)?;
+    let nodes: Vec<(Who, std::net::Ipv4Addr)> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                Who {
+                    name: n.name.clone(),
+                    role: n.role.as_str().to_string(),
+                    ip: n.ip.to_string(),
+                },
+                n.ip,
+            )
+        })
+        .collect();
+    let ssh = UserSsh {
+        user: opts.user.clone(),
+        connect_timeout: 10,
+    };
+    loop {
+        let rows = remote::fetch_all(&SystemRunner, &ssh, &nodes);
+        if opts.json {
+            // One array per refresh, on one line when watching (JSON lines).
+            if opts.watch {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            }
+        } else {
+            if opts.watch && std::io::stdout().is_terminal() {
+                // Clear the screen and go home, like watch(1).
+                print!("\x1b[2J\x1b[H");
+            }
+            println!("cluster {} ({}), {}", cluster.name, cluster_path.display(), when(now()));
+            print!("{}", node_status::table(&rows));
+        }
+        std::io::stdout().flush()?;
+        if !opts.watch {
+            return Ok(());
+        }
+        std::thread::sleep(WATCH_EVERY);
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn run_target(opts: &StatusOpts, target: &Path) -> anyhow::Result<()> {
     let report = report::read(target)?;
     let (status_raw, node_raw) = (report.status, report.node_yaml);
     let Some(raw) = status_raw else {
@@ -120,25 +190,6 @@ fn step_line(st: &StepRecord, width: usize) -> String {
     line
 }
 
-/// Unix seconds as `2025-01-31 12:00:00 UTC`.
-pub fn when(unix: u64) -> String {
-    match i64::try_from(unix)
-        .ok()
-        .and_then(|u| time::OffsetDateTime::from_unix_timestamp(u).ok())
-    {
-        Some(t) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
-        None => format!("@{unix}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -146,7 +197,8 @@ mod tests {
     use piha_config::cluster::Role;
     use piha_config::status::{Outcome, Phase, Status, StepRecord};
 
-    use super::{summary, when};
+    use super::summary;
+    use crate::day2::node_status::when;
 
     #[test]
     fn failed_step_shows_error_and_stderr() {

@@ -148,7 +148,7 @@ impl Lab<'_> {
             .of_role(Role::ControlPlane)
             .filter(|n| {
                 let r = nodes::row(self.dir, n);
-                r.vm == "running" && r.phase == "done"
+                r.vm == Some("running") && r.phase == "done"
             })
             .map(|n| n.ip)
             .collect();

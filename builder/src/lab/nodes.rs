@@ -1,64 +1,103 @@
-//! Each node's VM state and agent phase, live. The phase comes from the same
-//! place as `piha status TARGET`: the agent's status.json on the PIHA-CFG
-//! partition, read from the VM's disk without mounting (the guest mounts it
-//! with `flush`, so what the agent reports reaches the disk at once). A read
-//! that races a write of the guest is retried once, then shown as unknown.
+//! Each node's VM state and agent phase, live, as the rows every status
+//! command prints (`day2::node_status`).
+//!
+//! Two ways to read a node's status.json:
+//! - from the VM's disk ([`rows`]), without mounting, as `piha status TARGET`
+//!   reads a card (the guest mounts PIHA-CFG with `flush`, so what the agent
+//!   reports reaches the disk at once): `up` polls this way, since it works
+//!   before sshd runs. A read that races a write of the guest is retried
+//!   once, then shown as unknown.
+//! - over SSH with the lab's key inside the namespace ([`over_ssh`]), as
+//!   `piha status --cluster` reads a real cluster (`day2::remote`): `piha
+//!   lab status` reads running VMs this way, and their disks when SSH fails.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use piha_config::status::Status;
-use serde::Serialize;
+use piha_runner::{Cmd, Runner};
 
 use super::dir::LabDir;
 use super::state::{LabState, NodeState};
-use super::vm;
+use super::{ssh, vm};
 use crate::card::report;
+use crate::day2::node_status::{NodeStatus, Who};
+use crate::day2::remote::{self, Transport};
 
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeRow {
-    pub name: String,
-    pub role: String,
-    pub ip: String,
-    /// `running` or `stopped`.
-    pub vm: &'static str,
-    /// The agent's phase (`running`, `failed`, `invalid-config`, `done`), or
-    /// `none` before its first report.
-    pub phase: String,
-    /// The latest step and its outcome, e.g. `join-control-plane running`.
-    pub step: String,
-    pub boots: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
+pub use crate::day2::node_status::table;
 
-impl NodeRow {
-    /// The agent has finished, one way or the other.
-    pub fn settled(&self) -> bool {
-        matches!(self.phase.as_str(), "done" | "failed" | "invalid-config")
-    }
-}
-
-pub fn rows(dir: &LabDir, state: &LabState) -> Vec<NodeRow> {
-    state.nodes.iter().map(|n| row(dir, n)).collect()
-}
-
-pub fn row(dir: &LabDir, n: &NodeState) -> NodeRow {
-    let status = read_status(dir, &n.name);
-    let (phase, step, boots, error) = match &status {
-        Ok(Some(s)) => (s.phase.as_str().to_string(), last_step(s), s.boots, s.error.clone()),
-        Ok(None) => ("none".to_string(), String::new(), 0, None),
-        Err(e) => ("unknown".to_string(), String::new(), 0, Some(e.clone())),
-    };
-    NodeRow {
+fn who(n: &NodeState) -> Who {
+    Who {
         name: n.name.clone(),
         role: n.role.as_str().to_string(),
         ip: n.ip.to_string(),
-        vm: if vm::running(dir, &n.name) { "running" } else { "stopped" },
-        phase,
-        step,
-        boots,
-        error,
     }
+}
+
+fn vm_state(dir: &LabDir, n: &NodeState) -> &'static str {
+    if vm::running(dir, &n.name) { "running" } else { "stopped" }
+}
+
+/// Every node, read from its VM's disk.
+pub fn rows(dir: &LabDir, state: &LabState) -> Vec<NodeStatus> {
+    state.nodes.iter().map(|n| row(dir, n)).collect()
+}
+
+/// One node, read from its VM's disk.
+pub fn row(dir: &LabDir, n: &NodeState) -> NodeStatus {
+    let mut r = NodeStatus::new(&who(n), read_status(dir, &n.name), None);
+    r.vm = Some(vm_state(dir, n));
+    r
+}
+
+/// The lab's SSH inside its namespace.
+struct LabSsh<'a> {
+    dir: &'a LabDir,
+    namespace: &'a str,
+}
+
+impl Transport for LabSsh<'_> {
+    fn command(&self, ip: Ipv4Addr, remote: &str) -> Cmd {
+        ssh::command(self.dir, self.namespace, ip, remote)
+    }
+}
+
+/// Every node: running VMs over SSH (their disk when SSH fails), stopped
+/// ones from their disk.
+pub fn over_ssh(runner: &dyn Runner, dir: &LabDir, state: &LabState) -> Vec<NodeStatus> {
+    let transport = LabSsh {
+        dir,
+        namespace: &state.namespace,
+    };
+    let running: Vec<(Who, Ipv4Addr)> = state
+        .nodes
+        .iter()
+        .filter(|n| vm::running(dir, &n.name))
+        .map(|n| (who(n), n.ip))
+        .collect();
+    let mut fetched = remote::fetch_all(runner, &transport, &running).into_iter();
+    state
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut r = if vm::running(dir, &n.name) {
+                match fetched.next() {
+                    Some(r) if r.reachable == Some(true) => r,
+                    Some(failed) => {
+                        let mut r = row(dir, n);
+                        r.reachable = Some(false);
+                        r.unreachable = failed.unreachable;
+                        r
+                    }
+                    None => row(dir, n),
+                }
+            } else {
+                row(dir, n)
+            };
+            r.vm = Some(vm_state(dir, n));
+            r
+        })
+        .collect()
 }
 
 fn read_status(dir: &LabDir, name: &str) -> Result<Option<Status>, String> {
@@ -68,29 +107,4 @@ fn read_status(dir: &LabDir, name: &str) -> Result<Option<Status>, String> {
         std::thread::sleep(Duration::from_millis(300));
         once()
     })
-}
-
-fn last_step(s: &Status) -> String {
-    s.steps
-        .last()
-        .map(|st| format!("{} {}", st.name, st.outcome.as_str()))
-        .unwrap_or_default()
-}
-
-/// The node table as `up` and `status` print it.
-pub fn table(rows: &[NodeRow]) -> String {
-    let mut out = format!(
-        "{:<12} {:<14} {:<15} {:<8} {:<15} {:>5}  {}\n",
-        "NODE", "ROLE", "IP", "VM", "AGENT", "BOOTS", "STEP"
-    );
-    for r in rows {
-        out.push_str(&format!(
-            "{:<12} {:<14} {:<15} {:<8} {:<15} {:>5}  {}\n",
-            r.name, r.role, r.ip, r.vm, r.phase, r.boots, r.step
-        ));
-        if let Some(e) = &r.error {
-            out.push_str(&format!("{:<12} error: {e}\n", ""));
-        }
-    }
-    out
 }

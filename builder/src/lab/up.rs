@@ -19,12 +19,13 @@ use piha_runner::{Cmd, Runner, SpawnOutput};
 use rustix::fs::{FlockOperation, flock};
 
 use super::dir::LabDir;
-use super::nodes::{self, NodeRow};
+use super::nodes;
 use super::plan::{self, PlannedNode};
 use super::state::{LabState, NodeState};
 use super::{down, net, ssh, vm};
 use crate::card::stamp::{self, Identity};
 use crate::card::{report, secrets};
+use crate::day2::node_status::NodeStatus;
 use crate::device::target::FileTarget;
 use crate::image::info::Profile;
 use crate::inputs::cluster::load_cluster;
@@ -56,7 +57,7 @@ pub struct UpOptions {
 }
 
 /// Brings the lab up and returns the node table once every agent settled.
-pub fn up(dir: &LabDir, opts: &UpOptions, runner: &dyn Runner) -> anyhow::Result<Vec<NodeRow>> {
+pub fn up(dir: &LabDir, opts: &UpOptions, runner: &dyn Runner) -> anyhow::Result<Vec<NodeStatus>> {
     require_root()?;
     let cluster = load_cluster(&opts.cluster)?;
     let planned = plan::plan(&cluster, &opts.cluster, opts.as_amd64, &opts.only)?;
@@ -276,25 +277,26 @@ fn serve_time(dir: &LabDir, cluster: &ClusterFile, namespace: &str) -> anyhow::R
 
 /// Polls every node until each agent has settled (or its VM stopped), printing
 /// each change; the table at the end.
-fn wait_settled(dir: &LabDir, state: &LabState, started: Instant, timeout: Duration) -> anyhow::Result<Vec<NodeRow>> {
+fn wait_settled(dir: &LabDir, state: &LabState, started: Instant, timeout: Duration) -> anyhow::Result<Vec<NodeStatus>> {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let rows = nodes::rows(dir, state);
         for r in &rows {
-            let now = format!("{} {} {}", r.vm, r.phase, r.step);
+            let vm = r.vm.unwrap_or("-");
+            let now = format!("{vm} {} {}", r.phase, r.step);
             if seen.get(&r.name) != Some(&now) {
                 eprintln!(
                     "[{:>5.0}s] {:<10} vm {}, agent {} {}",
                     started.elapsed().as_secs_f64(),
                     r.name,
-                    r.vm,
+                    vm,
                     r.phase,
                     r.step
                 );
                 seen.insert(r.name.clone(), now);
             }
         }
-        if rows.iter().all(|r| r.settled() || r.vm == "stopped") {
+        if rows.iter().all(|r| r.settled() || r.vm == Some("stopped")) {
             return Ok(rows);
         }
         if started.elapsed() > timeout {
