@@ -117,7 +117,7 @@ cluster:
   vrrp_router_id: 52
   network_renderer: {renderer}
   key_algorithm: ecdsa-p256
-  token_ttl: 24h
+  bootstrap_token_ttl: 24h
 peers:
 - name: lb1
   ip: 10.0.2.10

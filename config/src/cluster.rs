@@ -54,12 +54,12 @@ pub struct Kubernetes {
     pub key_algorithm: KeyAlgorithm,
     /// How long the bootstrap token stays valid after `kubeadm init`, as
     /// hours, minutes and seconds (`24h`, `90m`, `1h30m`); never forever.
-    #[serde(default = "default_token_ttl")]
-    pub token_ttl: String,
+    #[serde(default = "default_bootstrap_token_ttl")]
+    pub bootstrap_token_ttl: String,
 }
 
 /// kubeadm's own default lifetime of a bootstrap token.
-pub(crate) fn default_token_ttl() -> String {
+pub(crate) fn default_bootstrap_token_ttl() -> String {
     "24h".to_string()
 }
 

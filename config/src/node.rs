@@ -129,7 +129,7 @@ pub struct ClusterFacts {
     #[serde(default)]
     pub key_algorithm: KeyAlgorithm,
     /// The bootstrap token's lifetime after `kubeadm init` (`24h`).
-    pub token_ttl: String,
+    pub bootstrap_token_ttl: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,7 +181,7 @@ impl NodeConfig {
                 vrrp_router_id: cluster.api.vrrp_router_id,
                 network_renderer,
                 key_algorithm: cluster.kubernetes.key_algorithm,
-                token_ttl: cluster.kubernetes.token_ttl.clone(),
+                bootstrap_token_ttl: cluster.kubernetes.bootstrap_token_ttl.clone(),
             },
             peers: cluster
                 .nodes

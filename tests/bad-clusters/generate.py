@@ -140,9 +140,9 @@ CASES = [
     ("interface-with-quote", ["nodes[2].interface: `eth\"0` is not a Linux interface name: it contains '\"'"], [("ip: 192.168.50.21", "ip: 192.168.50.21\n    interface: 'eth\"0'")]),
     ("interface-with-hash", ["nodes[2].interface: `eth#0` is not a Linux interface name: it contains '#'"], [("ip: 192.168.50.21", 'ip: 192.168.50.21\n    interface: "eth#0"')]),
     ("interface-with-bang", ["nodes[2].interface: `eth!0` is not a Linux interface name: it contains '!'"], [("ip: 192.168.50.21", 'ip: 192.168.50.21\n    interface: "eth!0"')]),
-    ("token-ttl-forever", ["kubernetes.token_ttl: `0s` would make the bootstrap token valid forever"], [("key_algorithm: rsa-2048", "key_algorithm: rsa-2048\n  token_ttl: 0s")]),
-    ("token-ttl-days", ["kubernetes.token_ttl: `7d` is not a duration of hours, minutes and seconds", "24h, 90m or 1h30m"], [("key_algorithm: rsa-2048", "key_algorithm: rsa-2048\n  token_ttl: 7d")]),
-    ("token-ttl-too-long", ["kubernetes.token_ttl: `9000h` is 32400000 s; piha accepts a minute to a year"], [("key_algorithm: rsa-2048", "key_algorithm: rsa-2048\n  token_ttl: 9000h")]),
+    ("token-ttl-forever", ["kubernetes.bootstrap_token_ttl: `0s` would make the bootstrap token valid forever"], [("key_algorithm: rsa-2048", "key_algorithm: rsa-2048\n  bootstrap_token_ttl: 0s")]),
+    ("token-ttl-days", ["kubernetes.bootstrap_token_ttl: `7d` is not a duration of hours, minutes and seconds", "24h, 90m or 1h30m"], [("key_algorithm: rsa-2048", "key_algorithm: rsa-2048\n  bootstrap_token_ttl: 7d")]),
+    ("token-ttl-too-long", ["kubernetes.bootstrap_token_ttl: `9000h` is 32400000 s; piha accepts a minute to a year"], [("key_algorithm: rsa-2048", "key_algorithm: rsa-2048\n  bootstrap_token_ttl: 9000h")]),
     ("containerd-1-with-kubernetes-1.36", ["kubernetes.runtime: Kubernetes 1.36.1 needs containerd 2.x", "debian-bookworm's archive ships containerd 1.x", "runtime: crio"], [('version: "1.34.1"', 'version: "1.36.1"')]),
     ("nested-too-deep", ["it nests mappings and sequences deeper than 16 levels"], [("ntp: [pool.ntp.org]", "ntp: " + "[" * 40 + "]" * 40)]),
     ("schema-errors-at-once", [

@@ -39,4 +39,19 @@ mod tests {
         );
         assert!(!config.contains("controlPlane"), "{config}");
     }
+
+    /// A card flashed after its token expired: the error says which command fixes it.
+    #[test]
+    fn an_expired_token_names_piha_token_create() {
+        let s = Scratch::new("w1");
+        let said = "error execution phase preflight: couldn't validate the identity of the API Server: token id \"abcdef\" is invalid for this cluster or it has expired. Use \"kubeadm token create\" on the control-plane node to create a new valid token";
+        s.runner.fail_once("kubeadm join", said);
+        s.runner.fail_once("kubeadm join", said);
+        assert_eq!(s.run(), Ending::Failed);
+        let error = s.status().error.unwrap();
+        assert!(
+            error.contains("piha token create --cluster") && error.contains("bootstrap_token_ttl"),
+            "{error}"
+        );
+    }
 }

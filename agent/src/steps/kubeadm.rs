@@ -137,6 +137,10 @@ pub fn record_success(store: &mut Store, step: &str) -> anyhow::Result<()> {
         .with_context(|| format!("recording that kubeadm succeeded in step {step}"))
 }
 
+/// What kubeadm join says when discovery's token is unknown or expired
+/// (kubeadm's discovery/token package).
+pub const TOKEN_EXPIRED: &str = "is invalid for this cluster or it has expired";
+
 /// What the bootstrap token becomes in /etc/piha/kubeadm.yaml once kubeadm
 /// has run with it.
 pub const TOKEN_REMOVED: &str = "removed-by-piha-agent-after-kubeadm";
@@ -224,10 +228,15 @@ pub fn join(env: &Env, store: &mut Store, step: &str, cfg: &NodeConfig, api: Soc
                 attempt += 1;
             }
             Err(e) => {
+                if e.stderr_tail().is_some_and(|t| t.contains(TOKEN_EXPIRED)) {
+                    return Err(e).context(
+                        "kubeadm join: the cluster no longer knows this card's bootstrap token (it lives `kubernetes.bootstrap_token_ttl` \
+                         from kubeadm init, or was deleted) (fix: on the workstation `piha token create --cluster <cluster file>`, \
+                         then re-stamp this card and reboot it)",
+                    );
+                }
                 return Err(e).with_context(|| {
-                    format!(
-                        "kubeadm join failed {attempt} times; the next boot tries again (`journalctl -u kubelet` on this node says more)"
-                    )
+                    format!("kubeadm join failed {attempt} times; tried again shortly (`journalctl -u kubelet` on this node says more)")
                 });
             }
         }

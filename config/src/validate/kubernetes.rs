@@ -13,7 +13,7 @@ pub(super) fn check_cluster(r: &mut Report, c: &ClusterFile) {
     check_version(r, "kubernetes.version", k.version);
     check_proxy_mode(r, "kubernetes.proxy_mode", k.proxy_mode, k.version);
     check_pod_subnet_size(r, c);
-    check_token_ttl(r, "kubernetes.token_ttl", &k.token_ttl);
+    check_bootstrap_token_ttl(r, "kubernetes.bootstrap_token_ttl", &k.bootstrap_token_ttl);
 }
 
 /// The first Kubernetes minor that needs containerd 2: 1.35 was the last to
@@ -46,10 +46,10 @@ pub(super) fn check_containerd(r: &mut Report, c: &ClusterFile, catalog: &super:
 /// The shortest and longest bootstrap token lifetime piha accepts.
 const TOKEN_TTL_SECONDS: std::ops::RangeInclusive<u64> = 60..=365 * 24 * 3600;
 
-/// `token_ttl`: Go duration syntax limited to hours, minutes and seconds in
+/// `bootstrap_token_ttl`: Go duration syntax limited to hours, minutes and seconds in
 /// that order (`24h`, `1h30m`, `90s`), between a minute and a year. Zero,
 /// which kubeadm reads as "never expires", is refused.
-pub(super) fn check_token_ttl(r: &mut Report, path: &str, ttl: &str) {
+pub(super) fn check_bootstrap_token_ttl(r: &mut Report, path: &str, ttl: &str) {
     match ttl_seconds(ttl) {
         Some(s) if TOKEN_TTL_SECONDS.contains(&s) => {}
         Some(0) => r.error(
@@ -148,7 +148,7 @@ mod tests {
     use super::ttl_seconds;
 
     #[test]
-    fn token_ttl_is_hours_minutes_seconds_in_order() {
+    fn bootstrap_token_ttl_is_hours_minutes_seconds_in_order() {
         for (ttl, secs) in [("24h", 86_400), ("90m", 5_400), ("1h30m", 5_400), ("1h0m30s", 3_630), ("0s", 0)] {
             assert_eq!(ttl_seconds(ttl), Some(secs), "{ttl}");
         }

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::api::check_numbers;
-use super::kubernetes::{check_token_ttl, check_version};
+use super::kubernetes::{check_bootstrap_token_ttl, check_version};
 use super::names::{check_cluster_name, check_domain, check_name};
 use super::network::{
     ClusterSubnets, NodeSubnet, PREFIXES, check_dns, check_in_subnet, check_subnets, check_subnets_pair, check_unicast,
@@ -83,7 +83,7 @@ fn check_facts(r: &mut Report, c: &NodeConfig) {
     check_name(r, "node.name", &n.name, "node name");
     check_cluster_name(r, "cluster.name", &f.name);
     check_version(r, "cluster.kubernetes_version", f.kubernetes_version);
-    check_token_ttl(r, "cluster.token_ttl", &f.token_ttl);
+    check_bootstrap_token_ttl(r, "cluster.bootstrap_token_ttl", &f.bootstrap_token_ttl);
     check_numbers(r, "cluster.api_port", f.api_port, "cluster.vrrp_router_id", f.vrrp_router_id);
     check_keys(r, &c.ssh_authorized_keys);
     if let Some(domain) = &n.domain {

@@ -144,10 +144,10 @@ fn init_configuration(cfg: &NodeConfig, api: KubeadmApi, secrets: &JoinSecrets) 
         bootstrap_tokens: vec![BootstrapToken {
             token: secrets.token.clone(),
             description: format!("piha bootstrap token of cluster {}", cfg.cluster.name),
-            // The cluster file's `token_ttl` (default 24h, kubeadm's own),
+            // The cluster file's `bootstrap_token_ttl` (default 24h, kubeadm's own),
             // counted from `kubeadm init`; never 0, which kubeadm reads as
             // "no expiry".
-            ttl: cfg.cluster.token_ttl.clone(),
+            ttl: cfg.cluster.bootstrap_token_ttl.clone(),
         }],
         node_registration: node_registration(cfg, api),
         local_api_endpoint: local_endpoint(cfg),
