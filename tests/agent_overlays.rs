@@ -259,6 +259,8 @@ fn units_pass_systemd_analyze_verify() {
         "piha-realserver.service",
         "piha-test-apiserver.service",
         "piha-apicheck.service",
+        "piha-certs.service",
+        "piha-certs.timer",
     ];
     let out = Command::new("systemd-analyze")
         .arg("verify")
@@ -285,6 +287,7 @@ fn presets_enable_the_agent_and_leave_role_services_to_it() {
             "enable piha-agent.service",
             "disable piha-realserver.service",
             "disable piha-apicheck.service",
+            "disable piha-certs.timer",
             "disable keepalived.service",
             "disable kubelet.service"
         ]

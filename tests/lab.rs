@@ -231,6 +231,31 @@ fn lab_up_check_down_on_the_qemu_lab_cluster() {
     let calls = ssh(&lab, &ns, "10.0.2.11", "cat /var/lib/piha-test/kubeadm-calls.jsonl");
     assert_eq!(calls.matches("\"init\"").count(), 1, "{calls}");
 
+    // Day two. `piha lab status` reads every node over ssh: all joined.
+    let status: Value = serde_json::from_str(&run_ok(piha().args(["lab", "status", "--json", "--dir"]).arg(&lab))).expect("status JSON");
+    for r in status.as_array().expect("rows") {
+        assert_eq!(
+            (&r["reachable"], &r["joined"], &r["phase"]),
+            (&Value::Bool(true), &Value::Bool(true), &Value::from("done")),
+            "{r}"
+        );
+    }
+    // Replacing the init control plane's card: it finds its cluster at the
+    // VIP and joins it, never a second `kubeadm init`; the VIP keeps serving.
+    let r = reflash(&lab, "cp1");
+    assert!(r["init"].as_str().unwrap_or_default().contains("instead of kubeadm init"), "{r:#}");
+    let calls = ssh(&lab, &ns, "10.0.2.11", "cat /var/lib/piha-test/kubeadm-calls.jsonl");
+    assert!(
+        calls.contains("\"join\"") && !calls.contains("\"init\""),
+        "the new cp1 ran: {calls}"
+    );
+    // The same for a joining control plane, and a fresh disk for the worker.
+    let r = reflash(&lab, "cp2");
+    assert!(r.get("init").is_none(), "{r:#}");
+    reflash(&lab, "w1");
+    let pools = director_pool(&lab, "lb1");
+    assert!(pools.contains("10.0.2.11") && pools.contains("10.0.2.12"), "{pools}");
+
     let out = run_ok(piha().args(["lab", "down", "--dir"]).arg(&lab));
     assert!(out.contains(&ns), "{out}");
     assert!(!namespaces().contains(&ns), "namespace left behind");
@@ -238,6 +263,44 @@ fn lab_up_check_down_on_the_qemu_lab_cluster() {
     assert!(!lab.join("lab.json").exists() && !lab.join("nodes").exists());
     let again = run_ok(piha().args(["lab", "down", "--dir"]).arg(&lab));
     assert!(again.contains("nothing was running"), "{again}");
+}
+
+/// `piha lab reflash NODE --json`: the node came back done and joined, and
+/// the VIP kept serving meanwhile (most requests answered).
+fn reflash(lab: &Path, node: &str) -> Value {
+    let start = Instant::now();
+    let out = piha()
+        .args(["lab", "reflash", node, "--json", "--dir"])
+        .arg(lab)
+        .output()
+        .expect("piha lab reflash");
+    eprintln!(
+        "piha lab reflash {node}: {:.0} s\n{}",
+        start.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("reflash JSON: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    eprintln!("{r:#}");
+    assert!(out.status.success(), "{r:#}");
+    assert_eq!((&r["phase"], &r["joined"]), (&Value::from("done"), &Value::Bool(true)), "{r:#}");
+    let (requests, failed) = (r["vip_requests"].as_u64().unwrap(), r["vip_failed"].as_u64().unwrap());
+    assert!(
+        requests > 10 && failed * 4 < requests,
+        "the VIP did not keep serving while {node} was replaced: {r:#}"
+    );
+    r
+}
+
+/// A director's IPVS pool, as `ipvsadm -Ln` lists it.
+fn director_pool(lab: &Path, director: &str) -> String {
+    let state = lab_state(lab);
+    let ns = state["namespace"].as_str().unwrap().to_string();
+    let ip = state["nodes"].as_array().unwrap().iter().find(|n| n["name"] == director).unwrap()["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ssh(lab, &ns, &ip, "sudo ipvsadm -Ln")
 }
 
 #[test]

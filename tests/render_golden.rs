@@ -356,6 +356,7 @@ fn kubeadm_configs_ask_for_the_right_things() {
                 panic!("{cluster_name}/{name}: no KubeletConfiguration")
             };
             assert_eq!(kubelet.cgroup_driver, "systemd");
+            assert!(kubelet.rotate_certificates, "the kubelet rotates its own client certificate");
         }
         let docs = kubeadm::parse(kubeadm_text(&init)).expect("parses");
         let kinds: Vec<&str> = docs.iter().map(|d| d.kind().as_str()).collect();

@@ -33,6 +33,19 @@ pub enum Command {
     /// secret's digest) and say whether it is complete; changes nothing.
     /// Exit status 2 for a card the agent would refuse.
     CheckCard(PathOpts),
+    /// On a control plane: report when kubeadm's certificates expire (into
+    /// the card's status.json) and renew them all once the first is due;
+    /// what piha-certs.timer runs daily.
+    Certs(CertsOpts),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CertsOpts {
+    #[command(flatten)]
+    pub paths: PathOpts,
+    /// Renew once the first certificate expires within this many days.
+    #[arg(long, value_name = "DAYS", default_value_t = crate::certs::DEFAULT_RENEW_BEFORE_DAYS)]
+    pub renew_before: u64,
 }
 
 /// Where the node's files and the config partition are.

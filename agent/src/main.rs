@@ -6,6 +6,7 @@
 
 mod agent;
 mod api_wait;
+mod certs;
 mod check_card;
 mod cli;
 mod clock;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         Command::Status(opts) => show::run(opts).map(|()| ExitCode::SUCCESS),
         Command::Reset(opts) => reset::run(opts).map(|()| ExitCode::SUCCESS),
         Command::CheckCard(opts) => check_card::run(opts),
+        Command::Certs(opts) => certs::command(opts).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

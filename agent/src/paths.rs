@@ -24,6 +24,9 @@ pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
 /// The kubelet's own kubeconfig, and kubeadm join's bootstrap one (which holds the token).
 pub const KUBELET_CONF: &str = "/etc/kubernetes/kubelet.conf";
 pub const BOOTSTRAP_KUBELET_CONF: &str = "/etc/kubernetes/bootstrap-kubelet.conf";
+/// Where `piha-agent certs` parks the static pod manifests while the kubelet
+/// stops their pods (beside the manifests: a move is a rename).
+pub const STATIC_PODS_PARKED: &str = "/etc/kubernetes/manifests.piha-parked";
 
 /// The cluster CA's certificate, copied from the card for the init control
 /// plane's probe of the VIP (`existing_cluster`).

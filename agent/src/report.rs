@@ -56,6 +56,8 @@ impl Reporter {
             waiting: None,
             retry: None,
             joined: false,
+            // The daily certificate check's last finding stays until it runs again.
+            certificates: previous.as_ref().and_then(|s| s.certificates.clone()),
         };
         status.versions.insert("piha-agent".into(), env!("CARGO_PKG_VERSION").into());
         if let Ok(kernel) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {

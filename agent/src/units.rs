@@ -30,3 +30,10 @@ pub fn mask(unit: &str) -> Cmd {
 pub fn restart(unit: &str) -> Cmd {
     Cmd::new("systemctl").args(["restart", unit])
 }
+
+/// `systemctl reload-or-restart UNIT`: a running keepalived re-reads its
+/// configuration on reload (SIGHUP) and keeps its VRRP state, so a new real
+/// server enters the pool without the VIP moving.
+pub fn reload_or_restart(unit: &str) -> Cmd {
+    Cmd::new("systemctl").args(["reload-or-restart", unit])
+}

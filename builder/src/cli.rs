@@ -318,6 +318,24 @@ pub enum LabCommand {
         /// Node name from the cluster file.
         node: String,
     },
+    /// Replace a node's card: power cut, a fresh disk from its image stamped
+    /// again, power on; waits for its agent and reports how the VIP fared.
+    Reflash {
+        #[command(flatten)]
+        dir: LabDirArg,
+        /// Node name from the cluster file.
+        node: String,
+        /// Stamp from this cluster file instead of the lab's (e.g. one that
+        /// gained a node); the lab's secrets are used.
+        #[arg(long, value_name = "FILE")]
+        cluster: Option<PathBuf>,
+        /// Minutes to wait for the node's agent.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove every VM, tap and the namespace (also of a lab whose piha was killed).
     Down {
         #[command(flatten)]

@@ -109,11 +109,28 @@ pub struct Status {
     /// While phase is `retrying`: which try failed, when the next starts, why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// A control plane's certificates, as `piha-agent certs` last found them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates: Option<Certificates>,
     /// Whether this node is a member of the cluster: kubeadm init or join
     /// succeeded (or, on a director, its role step finished). Recorded the
     /// moment kubeadm succeeds, not when the step ends.
     #[serde(default)]
     pub joined: bool,
+}
+
+/// kubeadm's certificates on a control plane (`piha-agent certs`, daily).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificates {
+    /// Unix seconds of the check.
+    pub checked: u64,
+    /// The certificate that expires first (kubeadm's name, e.g. `apiserver`).
+    pub first: String,
+    /// When it expires (unix seconds).
+    pub expires: u64,
+    /// When they were last renewed (unix seconds), if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed: Option<u64>,
 }
 
 /// A failed step that the agent tries again by itself.

@@ -1,5 +1,11 @@
-//! director: write keepalived.conf, enable and (re)start keepalived, and
-//! check that the IPVS table shows the virtual server VIP:port.
+//! director: write keepalived.conf, enable and start keepalived, and check
+//! that the IPVS table shows the virtual server VIP:port.
+//!
+//! It runs on every boot: a director's card re-stamped from a cluster file
+//! that gained (or lost) a control plane rewrites keepalived.conf, and a
+//! changed file is reloaded (`reload-or-restart`: keepalived re-reads it on
+//! SIGHUP and keeps its VRRP state), so the new control plane enters the
+//! pool with no reset and without the VIP moving.
 //!
 //! The real servers are not required to be in the table yet: keepalived adds
 //! a control plane only once its health endpoint (piha-apicheck on
@@ -42,8 +48,8 @@ pub fn run(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
     env.runner.run(&units::enable_now(SERVICE)).context("starting keepalived")?;
     if !changed.is_empty() {
         env.runner
-            .run(&units::restart(SERVICE))
-            .context("restarting keepalived with the new configuration")?;
+            .run(&units::reload_or_restart(SERVICE))
+            .context("reloading keepalived with the new configuration")?;
     }
 
     let vip = SocketAddrV4::new(cfg.cluster.vip, cfg.cluster.api_port);
@@ -150,5 +156,45 @@ mod tests {
             error.contains("does not list TCP 10.0.2.100:6443") && error.contains("journalctl -u keepalived"),
             "{error}"
         );
+    }
+
+    /// A control plane added to the cluster file: the director's card
+    /// re-stamped from it, its next boot rewrites keepalived.conf and
+    /// reloads keepalived (no reset, no restart); an unchanged boot touches nothing.
+    #[test]
+    fn a_restamped_director_reloads_keepalived_with_the_new_control_plane() {
+        let s = Scratch::new("lb1");
+        let listed = fixture("ipvsadm-Ln.txt").replace("10.10.197.101", "10.0.2.100");
+        s.runner.rec.respond("ipvsadm", stdout(&listed));
+        assert_eq!(s.run(), Ending::Done);
+        assert!(!s.read(KEEPALIVED_CONF).contains("10.0.2.14"));
+
+        // A boot with the same card: keepalived is left alone.
+        s.clear_commands();
+        s.runner.rec.respond("ipvsadm", stdout(&listed));
+        assert_eq!(s.run(), Ending::Done);
+        assert!(!s.commands().iter().any(|c| c.contains("reload-or-restart")), "{:#?}", s.commands());
+
+        let grown = crate::testing::QEMU_LAB.replace(
+            "  - name: w1\n",
+            "  - name: cp4\n    board: amd64\n    role: control-plane\n    ip: 10.0.2.14\n  - name: w1\n",
+        );
+        let cluster = piha_config::cluster::ClusterFile::parse(std::path::Path::new("cluster.yaml"), &grown).unwrap();
+        let cfg = piha_config::node::NodeConfig::for_node(&cluster, "lb1", piha_config::node::NetworkRenderer::Networkd).unwrap();
+        crate::testing::stamp(s.card.path(), &cfg);
+        s.clear_commands();
+        s.runner.rec.respond("ipvsadm", stdout(&listed));
+        assert_eq!(s.run(), Ending::Done);
+        assert!(
+            s.read(KEEPALIVED_CONF).contains("real_server 10.0.2.14 6443"),
+            "{}",
+            s.read(KEEPALIVED_CONF)
+        );
+        let commands = s.commands();
+        assert!(
+            commands.contains(&"systemctl reload-or-restart keepalived.service".to_string()),
+            "{commands:#?}"
+        );
+        assert!(!commands.iter().any(|c| c.starts_with("systemctl restart")), "{commands:#?}");
     }
 }

@@ -41,6 +41,8 @@ pub const REALSERVER_UNIT: &str = "piha-realserver.service";
 /// The health endpoint the directors check (overlays/agent): 200 only while
 /// the API server is ready and the VIP is on lo.
 pub const APICHECK_UNIT: &str = "piha-apicheck.service";
+/// The daily check and renewal of kubeadm's certificates (`piha-agent certs`).
+pub const CERTS_TIMER: &str = "piha-certs.timer";
 
 /// Where distributions install the kubelet unit.
 const KUBELET_UNITS: [&str; 3] = [
@@ -180,6 +182,7 @@ pub fn command(verb: &str) -> Cmd {
 /// server is ready. Both enabled, so they come back at every boot; `--now` is
 /// a no-op when they are already up. The endpoint checks the VIP and the API
 /// itself, so its order here only saves the directors a few failed checks.
+/// Then the control plane's daily certificate check (`piha-certs.timer`).
 pub fn start_realserver(env: &Env) -> anyhow::Result<()> {
     env.runner
         .run(&units::enable_now(REALSERVER_UNIT))
@@ -187,6 +190,9 @@ pub fn start_realserver(env: &Env) -> anyhow::Result<()> {
     env.runner
         .run(&units::enable_now(APICHECK_UNIT))
         .context("starting the health endpoint the directors check (piha-apicheck.service)")?;
+    env.runner
+        .run(&units::enable_now(CERTS_TIMER))
+        .context("starting the daily certificate check (piha-certs.timer)")?;
     Ok(())
 }
 

@@ -73,10 +73,11 @@ impl Step {
     }
 
     /// Steps that run on every boot: the config is re-read, identity
-    /// re-applied (a re-stamped card changes the node) and secrets scrubbed
-    /// if a card was re-stamped with them.
+    /// re-applied (a re-stamped card changes the node), a director's
+    /// keepalived.conf re-rendered (a re-stamped card may list another set of
+    /// control planes), and secrets scrubbed if a card was re-stamped with them.
     pub fn every_boot(self) -> bool {
-        matches!(self, Step::ReadConfig | Step::Identity | Step::Done)
+        matches!(self, Step::ReadConfig | Step::Identity | Step::Director | Step::Done)
     }
 
     /// The step that makes the node a member of the cluster (or its director).

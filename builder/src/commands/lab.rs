@@ -9,7 +9,7 @@ use crate::cli::{LabCommand, LabDirArg, LabOpts, LabUpOpts};
 use crate::lab::dir::LabDir;
 use crate::lab::state::LabState;
 use crate::lab::up::{UpOptions, require_root};
-use crate::lab::{check, down, net, nodes, timeserver, up, vm};
+use crate::lab::{check, down, net, nodes, reflash, timeserver, up, vm};
 
 pub fn run(opts: &LabOpts) -> anyhow::Result<()> {
     match &opts.command {
@@ -18,6 +18,13 @@ pub fn run(opts: &LabOpts) -> anyhow::Result<()> {
         LabCommand::Stop { dir, node, hard } => stop(dir, node, *hard),
         LabCommand::Start { dir, node } => start(dir, node),
         LabCommand::Down { dir } => run_down(dir),
+        LabCommand::Reflash {
+            dir,
+            node,
+            cluster,
+            timeout,
+            json,
+        } => run_reflash(dir, node, cluster.as_deref(), *timeout, *json),
         LabCommand::Check { dir, json } => run_check(dir, *json),
         LabCommand::ServeTime { address } => timeserver::serve(*address),
     }
@@ -118,6 +125,23 @@ fn start(d: &LabDirArg, node: &str) -> anyhow::Result<()> {
     }
     vm::power_on(&SystemRunner, &n.argv)?;
     println!("{node}: powered on");
+    Ok(())
+}
+
+fn run_reflash(d: &LabDirArg, node: &str, cluster: Option<&std::path::Path>, timeout: u64, json: bool) -> anyhow::Result<()> {
+    let dir = lab_dir(d)?;
+    let r = reflash::reflash(&dir, node, cluster, Duration::from_secs(timeout * 60), &SystemRunner)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", reflash::summary(&r));
+    }
+    if r.phase != "done" {
+        bail!(
+            "{node} did not come back: `piha lab status --dir {}` and its console",
+            dir.root().display()
+        );
+    }
     Ok(())
 }
 

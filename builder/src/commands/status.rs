@@ -161,6 +161,15 @@ pub fn summary(s: &Status, stamped: Option<&str>) -> String {
     if let (Some(e), None) = (&s.error, &s.retry) {
         out.push_str(&format!("error: {e}\n"));
     }
+    if let Some(c) = &s.certificates {
+        let renewed = c.renewed.map(|t| format!("; renewed {}", when(t))).unwrap_or_default();
+        out.push_str(&format!(
+            "certificates: {} expires first, on {} (checked {}{renewed})\n",
+            c.first,
+            when(c.expires),
+            when(c.checked)
+        ));
+    }
     let width = s.steps.iter().map(|st| st.name.len()).max().unwrap_or(0);
     for st in &s.steps {
         out.push_str(&step_line(st, width));
@@ -236,6 +245,7 @@ mod tests {
             waiting: None,
             retry: None,
             joined: false,
+            certificates: None,
         };
         let text = summary(&s, Some("cp2 (control-plane) of cluster qemu-lab"));
         assert!(
@@ -273,8 +283,18 @@ mod tests {
                 last_error: "the cluster's API at 10.0.2.100:6443 did not answer".into(),
             }),
             joined: false,
+            certificates: Some(piha_config::status::Certificates {
+                checked: 1_700_000_000,
+                first: "apiserver".into(),
+                expires: 1_731_456_000,
+                renewed: None,
+            }),
         };
         let text = summary(&s, None);
+        assert!(
+            text.contains("certificates: apiserver expires first, on 2024-11-13 00:00:00 UTC (checked 2023-11-14 22:13:20 UTC)\n"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "retrying join-worker: try 3 failed, next try at 2023-11-14 22:16:00 UTC\n  last error: the cluster's API at 10.0.2.100:6443 did not answer\n"

@@ -37,6 +37,9 @@ pub struct NodeStatus {
     /// When the agent last wrote its status (unix seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub updated: Option<u64>,
+    /// A control plane's first certificate to expire, and when (unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate_expires: Option<(String, u64)>,
 }
 
 /// Who a row is about.
@@ -66,6 +69,7 @@ impl NodeStatus {
             joined: false,
             boots: 0,
             updated: None,
+            certificate_expires: None,
         };
         match read {
             Ok(Some(s)) => {
@@ -78,6 +82,7 @@ impl NodeStatus {
                 row.joined = s.joined;
                 row.boots = s.boots;
                 row.updated = Some(s.updated);
+                row.certificate_expires = s.certificates.as_ref().map(|c| (c.first.clone(), c.expires));
                 match (&s.retry, s.phase) {
                     (Some(r), _) => {
                         row.attempt = Some(r.attempt);
@@ -149,6 +154,9 @@ pub fn table(rows: &[NodeStatus]) -> String {
         }
         if let Some(e) = &r.error {
             out.push_str(&format!("{:<12} error: {e}\n", ""));
+        }
+        if let Some((first, at)) = &r.certificate_expires {
+            out.push_str(&format!("{:<12} certificates: {first} expires first, on {}\n", "", when(*at)));
         }
     }
     out

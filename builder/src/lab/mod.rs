@@ -11,6 +11,7 @@
 //! - [`ssh`]: the lab's own key, and commands on the nodes;
 //! - [`nodes`]: each node's VM state and agent phase;
 //! - [`up`], [`down`]: bring a lab up and take it away;
+//! - [`reflash`]: one node's card replaced (fresh disk, stamped again), the VIP probed meanwhile;
 //! - [`probe`], [`watch`], [`check`]: HTTPS probes through the VIP, the
 //!   directors' pools watched over ssh, and the measured rows.
 
@@ -21,6 +22,7 @@ pub mod net;
 pub mod nodes;
 pub mod plan;
 pub mod probe;
+pub mod reflash;
 pub mod ssh;
 pub mod state;
 pub mod timeserver;

@@ -29,6 +29,11 @@ pub struct LabState {
     pub prefix: u8,
     /// `up` finished: every VM was started. A lab without it was cut off.
     pub complete: bool,
+    /// How `up` made the disks, so `reflash` makes them the same way.
+    #[serde(default)]
+    pub as_amd64: bool,
+    #[serde(default)]
+    pub disk_grow_mib: u64,
     pub nodes: Vec<NodeState>,
 }
 
@@ -44,6 +49,9 @@ pub struct NodeState {
     pub mac: String,
     /// `ip netns exec NS qemu-system-… …`, as run by `up` and `start`.
     pub argv: Vec<String>,
+    /// The image its disk is a copy of (`reflash` copies it again).
+    #[serde(default)]
+    pub image: PathBuf,
 }
 
 impl LabState {
@@ -59,6 +67,8 @@ impl LabState {
             gateway: Ipv4Addr::UNSPECIFIED,
             prefix: 0,
             complete: false,
+            as_amd64: false,
+            disk_grow_mib: 0,
             nodes: Vec::new(),
         }
     }

@@ -109,7 +109,12 @@ pub fn up(dir: &LabDir, opts: &UpOptions, runner: &dyn Runner) -> anyhow::Result
     state.api_port = cluster.api.port;
     state.gateway = cluster.network.gateway;
     state.prefix = cluster.network.prefix;
-    state.nodes = planned.iter().map(|n| node_state(dir, opts, &namespace, n)).collect();
+    state.as_amd64 = opts.as_amd64;
+    state.disk_grow_mib = opts.disk_grow_mib;
+    state.nodes = planned
+        .iter()
+        .map(|n| node_state(dir, opts, &namespace, n, &images[&n.board]))
+        .collect();
     state.save(dir)?;
 
     let taps: Vec<String> = planned.iter().map(|n| n.tap.clone()).collect();
@@ -117,8 +122,13 @@ pub fn up(dir: &LabDir, opts: &UpOptions, runner: &dyn Runner) -> anyhow::Result
     serve_time(dir, &cluster, &namespace)?;
     let started = Instant::now();
     for n in &planned {
-        copy_disk(runner, dir, n, &images[&n.board])?;
-        prepare_disk(dir, opts, &lab_cluster, n)?;
+        let disk = FreshDisk {
+            name: &n.name,
+            machine: n.machine,
+            image: &images[&n.board],
+            grow_mib: opts.disk_grow_mib,
+        };
+        disk.make(runner, dir, identity(&lab_cluster, opts, &n.name))?;
         vm::power_on(runner, &state.node(&n.name)?.argv).with_context(|| format!("powering on {}", n.name))?;
         eprintln!("piha lab: {} powered on ({}, {})", n.name, n.ip, n.machine.program());
     }
@@ -155,7 +165,7 @@ fn identity<'a>(cluster: &'a ClusterFile, opts: &'a UpOptions, node: &'a str) ->
     }
 }
 
-fn node_state(dir: &LabDir, opts: &UpOptions, namespace: &str, n: &PlannedNode) -> NodeState {
+fn node_state(dir: &LabDir, opts: &UpOptions, namespace: &str, n: &PlannedNode, image: &Path) -> NodeState {
     let spec = vm::Spec {
         name: &n.name,
         machine: n.machine,
@@ -174,6 +184,7 @@ fn node_state(dir: &LabDir, opts: &UpOptions, namespace: &str, n: &PlannedNode) 
         tap: n.tap.clone(),
         mac: n.mac.clone(),
         argv: vm::argv(dir, namespace, &spec),
+        image: image.to_path_buf(),
     }
 }
 
@@ -229,34 +240,40 @@ fn built_image(dir: &LabDir, opts: &UpOptions, board: &str, runner: &dyn Runner)
     Ok(pipeline::build(&build, runner, &Progress::auto())?.image)
 }
 
-/// The node's directory with a sparse copy of the board's image as its disk.
-fn copy_disk(runner: &dyn Runner, dir: &LabDir, n: &PlannedNode, image: &Path) -> anyhow::Result<()> {
-    let node_dir = dir.node(&n.name);
-    piha_atomic::create_dirs(&node_dir, piha_atomic::Perm::root(0o755)).with_context(|| format!("creating {}", node_dir.display()))?;
-    let _ = std::fs::remove_file(dir.console(&n.name));
-    runner
-        .run(
-            &Cmd::new("cp")
-                .args(["--sparse=always", "--reflink=auto"])
-                .arg(image)
-                .arg(dir.disk(&n.name)),
-        )
-        .with_context(|| format!("copying {} for {}", image.display(), n.name))?;
-    Ok(())
+/// A node's disk made afresh: a sparse copy of its board's image, grown
+/// for growroot, stamped for the node through the same library as `piha
+/// stamp`, and new firmware variables. What `up` does for every node and
+/// `reflash` for one.
+pub(super) struct FreshDisk<'a> {
+    pub name: &'a str,
+    pub machine: vm::Machine,
+    pub image: &'a Path,
+    pub grow_mib: u64,
 }
 
-/// The node's disk grown for growroot, stamped for the node through the same
-/// library as `piha stamp`, and its firmware variables.
-fn prepare_disk(dir: &LabDir, opts: &UpOptions, cluster: &ClusterFile, n: &PlannedNode) -> anyhow::Result<()> {
-    let disk = dir.disk(&n.name);
-    let f = std::fs::OpenOptions::new().write(true).open(&disk)?;
-    let len = f.metadata()?.len();
-    f.set_len(len + opts.disk_grow_mib * 1024 * 1024)?;
-    drop(f);
-    let mut target = FileTarget::open_existing(&disk).with_context(|| format!("opening {}", disk.display()))?;
-    stamp::onto(identity(cluster, opts, &n.name), &mut target)?;
-    vm::firmware_vars(n.machine, &dir.firmware_vars(&n.name))?;
-    Ok(())
+impl FreshDisk<'_> {
+    pub(super) fn make(&self, runner: &dyn Runner, dir: &LabDir, identity: Identity<'_>) -> anyhow::Result<()> {
+        let node_dir = dir.node(self.name);
+        piha_atomic::create_dirs(&node_dir, piha_atomic::Perm::root(0o755)).with_context(|| format!("creating {}", node_dir.display()))?;
+        let _ = std::fs::remove_file(dir.console(self.name));
+        let disk = dir.disk(self.name);
+        runner
+            .run(
+                &Cmd::new("cp")
+                    .args(["--sparse=always", "--reflink=auto"])
+                    .arg(self.image)
+                    .arg(&disk),
+            )
+            .with_context(|| format!("copying {} for {}", self.image.display(), self.name))?;
+        let f = std::fs::OpenOptions::new().write(true).open(&disk)?;
+        let len = f.metadata()?.len();
+        f.set_len(len + self.grow_mib * 1024 * 1024)?;
+        drop(f);
+        let mut target = FileTarget::open_existing(&disk).with_context(|| format!("opening {}", disk.display()))?;
+        stamp::onto(identity, &mut target)?;
+        vm::firmware_vars(self.machine, &dir.firmware_vars(self.name))?;
+        Ok(())
+    }
 }
 
 /// The time server on the gateway, when the cluster names the gateway as an

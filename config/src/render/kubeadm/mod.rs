@@ -76,6 +76,7 @@ pub fn documents(cfg: &NodeConfig, secrets: Option<&JoinSecrets>) -> Result<Vec<
         api_version: KubeletApi::V1beta1,
         kind: Kind::KubeletConfiguration,
         cgroup_driver: "systemd".to_string(),
+        rotate_certificates: true,
     });
     if action != Action::Init {
         // kubeadm join takes the kubelet settings from the cluster's

@@ -202,13 +202,18 @@ pub struct JoinControlPlane {
 }
 
 /// `KubeletConfiguration`: `cgroupDriver: systemd`, matching the runtime (CRI-O
-/// with the kubelet on cgroupfs never starts the pod sandbox).
+/// with the kubelet on cgroupfs never starts the pod sandbox), and
+/// `rotateCertificates: true` (kubeadm's default, written out so it is seen
+/// to stay on): the kubelet renews its own client certificate before it
+/// expires, which no certificate renewal of kubeadm's does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubeletConfiguration {
     pub api_version: KubeletApi,
     pub kind: Kind,
     pub cgroup_driver: String,
+    #[serde(default)]
+    pub rotate_certificates: bool,
 }
 
 /// `KubeProxyConfiguration`: iptables or nftables, never IPVS (an IPVS-mode
