@@ -21,7 +21,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -256,6 +256,43 @@ fn lab_up_check_down_on_the_qemu_lab_cluster() {
     let pools = director_pool(&lab, "lb1");
     assert!(pools.contains("10.0.2.11") && pools.contains("10.0.2.12"), "{pools}");
 
+    // Every control plane down while a worker with a fresh card waits to
+    // join: its status says it is retrying (the attempt, the next try, the
+    // last error, an `updated` that keeps moving). With the control planes
+    // back, it joins by itself: no reboot, no typing.
+    for cp in ["cp1", "cp2", "cp3"] {
+        run_ok(piha().args(["lab", "stop", cp, "--hard", "--dir"]).arg(&lab));
+    }
+    let start = Instant::now();
+    run_ok(piha().args(["lab", "reflash", "w1", "--no-wait", "--dir"]).arg(&lab));
+    let waiting = wait_for_row(&lab, "w1", Duration::from_secs(600), |r| r["phase"] == "retrying");
+    eprintln!("w1 retrying {:.0} s after its new card: {waiting:#}", start.elapsed().as_secs_f64());
+    eprintln!("{}", run_ok(piha().args(["lab", "status", "--dir"]).arg(&lab)));
+    assert!(waiting["attempt"].as_u64().unwrap_or(0) >= 1, "{waiting:#}");
+    assert!(waiting["next_try"].as_u64().is_some(), "{waiting:#}");
+    assert!(
+        waiting["error"].as_str().unwrap_or_default().contains("did not answer"),
+        "{waiting:#}"
+    );
+    assert_eq!(waiting["joined"], false, "{waiting:#}");
+    std::thread::sleep(Duration::from_secs(35));
+    let later = lab_row(&lab, "w1");
+    assert!(
+        later["updated"].as_u64() > waiting["updated"].as_u64(),
+        "status.json stood still while waiting: {later:#}"
+    );
+    let back = Instant::now();
+    for cp in ["cp1", "cp2", "cp3"] {
+        run_ok(piha().args(["lab", "start", cp, "--dir"]).arg(&lab));
+    }
+    let joined = wait_for_row(&lab, "w1", Duration::from_secs(900), |r| r["phase"] == "done");
+    eprintln!(
+        "w1 done {:.0} s after the control planes were powered on again: {joined:#}",
+        back.elapsed().as_secs_f64()
+    );
+    assert_eq!(joined["joined"], true, "{joined:#}");
+    assert_eq!(joined["boots"], 1, "w1 joined without a reboot: {joined:#}");
+
     let out = run_ok(piha().args(["lab", "down", "--dir"]).arg(&lab));
     assert!(out.contains(&ns), "{out}");
     assert!(!namespaces().contains(&ns), "namespace left behind");
@@ -290,6 +327,30 @@ fn reflash(lab: &Path, node: &str) -> Value {
         "the VIP did not keep serving while {node} was replaced: {r:#}"
     );
     r
+}
+
+/// One node's row of `piha lab status --json`.
+fn lab_row(lab: &Path, node: &str) -> Value {
+    let rows: Value = serde_json::from_str(&run_ok(piha().args(["lab", "status", "--json", "--dir"]).arg(lab))).expect("status JSON");
+    rows.as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["name"] == node)
+        .cloned()
+        .unwrap_or_else(|| panic!("no row {node}: {rows:#}"))
+}
+
+/// Polls `node`'s row until `want` holds; panics with the last row after `limit`.
+fn wait_for_row(lab: &Path, node: &str, limit: Duration, want: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let r = lab_row(lab, node);
+        if want(&r) {
+            return r;
+        }
+        assert!(start.elapsed() < limit, "{node} did not get there within {limit:?}: {r:#}");
+        std::thread::sleep(Duration::from_secs(5));
+    }
 }
 
 /// A director's IPVS pool, as `ipvsadm -Ln` lists it.

@@ -114,7 +114,10 @@ pub fn run(env: &Env, hooks: &Hooks) -> Ending {
                 Err(e) => {
                     attempt = attempt.saturating_add(1);
                     let tries = &env.timings.step_tries;
-                    if e.is::<Refused>() || tries.attempts.is_some_and(|max| attempt >= max) {
+                    if e.is::<Refused>() {
+                        return refuse(env, &mut reporter, step, e);
+                    }
+                    if tries.attempts.is_some_and(|max| attempt >= max) {
                         return fail(&mut reporter, step, &e);
                     }
                     let pause = tries.pause(attempt);
@@ -151,11 +154,14 @@ fn pause_with_heartbeat(env: &Env, reporter: &mut Reporter, pause: Duration) {
     }
 }
 
-/// How often status.json is rewritten while the agent waits to try again.
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How often status.json is rewritten while the agent waits to try again:
+/// often enough to show it is alive, rarely enough for an SD card that may
+/// wait for days (readers have `next_try` for the rest).
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
-/// An error no retry can fix: the card itself is refused (e.g. a joined node
-/// stamped as another node). The step fails at once; what to do is in the message.
+/// An error no retry can fix without a person: the card is refused (a joined
+/// node stamped as another node), or another cluster holds the VIP. The step
+/// fails at once, the card's secrets are scrubbed, and the message says what to do.
 #[derive(Debug)]
 pub struct Refused(pub String);
 
@@ -187,13 +193,32 @@ fn run_step(env: &Env, hooks: &Hooks, cfg: &NodeConfig, store: &mut Store, step:
 /// (re-stamping gives it a new copy).
 fn invalid_config(env: &Env, reporter: &mut Reporter, message: String) -> Ending {
     log::error!("the card is not usable; nothing was applied:\n{message}");
-    let message = match config_partition::scrub_secrets(env.paths) {
-        Ok(true) => format!("{message}\nThe card's secrets were overwritten and removed: re-stamping writes them again."),
-        Ok(false) => message,
-        Err(e) => format!("{message}\nThe card's secrets could not be scrubbed: {e:#}"),
+    let message = match scrub(env) {
+        Some(note) => format!("{message}\n{note}"),
+        None => message,
     };
     reporter.invalid_config(message);
     Ending::InvalidConfig
+}
+
+/// A card the node refuses (`Refused`): the step fails at once, and the
+/// card's secrets are scrubbed, as on every path where the agent stops on a
+/// card: a refused card must give nothing away (re-stamping writes them again).
+fn refuse(env: &Env, reporter: &mut Reporter, step: Step, err: anyhow::Error) -> Ending {
+    let err = match scrub(env) {
+        Some(note) => anyhow::anyhow!("{err:#}\n{note}"),
+        None => err,
+    };
+    fail(reporter, step, &err)
+}
+
+/// Scrubs the card's secrets; what to tell the user about it, if anything.
+fn scrub(env: &Env) -> Option<String> {
+    match config_partition::scrub_secrets(env.paths) {
+        Ok(true) => Some("The card's secrets were overwritten and removed: re-stamping writes them again.".to_string()),
+        Ok(false) => None,
+        Err(e) => Some(format!("The card's secrets could not be scrubbed: {e:#}")),
+    }
 }
 
 fn fail(reporter: &mut Reporter, step: Step, err: &anyhow::Error) -> Ending {
@@ -426,28 +451,13 @@ mod tests {
 
         let seen = sleeper.seen.lock().unwrap();
         // Inside each try: the join's own pause between its two joins (60 s).
-        // Between tries: 15 s, then 30 s (three heartbeats of 10 s), then 60 s.
+        // Between tries: 15 s, then 30 s, then 60 s (two heartbeats of 30 s).
         let retry_pauses: Vec<(u64, u32)> = seen
             .iter()
             .filter(|(_, st)| st.phase == Phase::Retrying)
             .map(|(d, st)| (d.as_secs(), st.retry.as_ref().unwrap().attempt))
             .collect();
-        assert_eq!(
-            retry_pauses,
-            [
-                (10, 1),
-                (5, 1),
-                (10, 2),
-                (10, 2),
-                (10, 2),
-                (10, 3),
-                (10, 3),
-                (10, 3),
-                (10, 3),
-                (10, 3),
-                (10, 3)
-            ]
-        );
+        assert_eq!(retry_pauses, [(15, 1), (30, 2), (30, 3), (30, 3)]);
         let (_, waiting) = seen.iter().find(|(_, st)| st.phase == Phase::Retrying).unwrap();
         let retry = waiting.retry.as_ref().unwrap();
         assert_eq!(retry.step, "join-worker");
@@ -462,14 +472,15 @@ mod tests {
         let done = s.status();
         assert_eq!(done.phase, Phase::Done);
         assert!(done.retry.is_none() && done.error.is_none() && done.joined, "{done:?}");
-        // Every failed try is in the record, then the one that worked.
+        // The latest failed try is in the record (not every one: a node may
+        // retry for days), then the one that worked.
         let tries: Vec<Outcome> = done
             .steps
             .iter()
             .filter(|st| st.name == "join-worker")
             .map(|st| st.outcome)
             .collect();
-        assert_eq!(tries, [Outcome::Failed, Outcome::Failed, Outcome::Failed, Outcome::Ok]);
+        assert_eq!(tries, [Outcome::Failed, Outcome::Ok]);
     }
 
     /// A node becomes a member the moment kubeadm succeeds: a failure after it

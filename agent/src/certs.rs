@@ -77,6 +77,9 @@ fn first_of(json: &str) -> anyhow::Result<(String, u64)> {
 
 /// Checks, renews if due, reports. Returns the report written to status.json.
 pub fn run(env: &Env, renew_before_days: u64) -> anyhow::Result<Certificates> {
+    // A run cut off while the manifests were parked (a power cut in the
+    // 30 s) left the control plane stopped: put them back first.
+    unpark(env)?;
     if !env.paths.host(&format!("{KUBERNETES_DIR}/manifests/kube-apiserver.yaml")).exists()
         && !env.paths.host(&format!("{KUBERNETES_DIR}/pki/apiserver.crt")).exists()
     {
@@ -140,15 +143,43 @@ fn restart_static_pods(env: &Env) -> anyhow::Result<()> {
     };
     names.sort_by_key(|n| (n.starts_with("etcd"), n.clone()));
     atomic::create_dirs(&parked, atomic::Perm::root(0o700)).with_context(|| format!("creating {}", parked.display()))?;
-    for n in &names {
-        park(&manifests.join(n), &parked.join(n))?;
+    let parked_all = names.iter().try_for_each(|n| park(&manifests.join(n), &parked.join(n)));
+    if parked_all.is_ok() {
+        // The kubelet looks at the directory every 20 s (fileCheckFrequency).
+        env.sleeper.sleep(std::time::Duration::from_secs(30));
     }
-    // The kubelet looks at the directory every 20 s (fileCheckFrequency).
-    env.sleeper.sleep(std::time::Duration::from_secs(30));
-    for n in names.iter().rev() {
+    // Whatever happened, every manifest goes back.
+    unpark(env)?;
+    parked_all?;
+    log::info!("restarted the control-plane static pods ({})", names.join(", "));
+    Ok(())
+}
+
+/// Moves every parked manifest back, etcd first; removes the empty parking
+/// directory. Nothing parked: nothing to do.
+fn unpark(env: &Env) -> anyhow::Result<()> {
+    let manifests = env.paths.host(&format!("{KUBERNETES_DIR}/manifests"));
+    let parked = env.paths.host(STATIC_PODS_PARKED);
+    let mut names: Vec<String> = match std::fs::read_dir(&parked) {
+        Ok(d) => d
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", parked.display())),
+    };
+    names.sort_by_key(|n| (!n.starts_with("etcd"), n.clone()));
+    if !names.is_empty() {
+        log::warn!(
+            "putting back the static pod manifests parked in {}: {}",
+            parked.display(),
+            names.join(", ")
+        );
+    }
+    for n in &names {
         park(&parked.join(n), &manifests.join(n))?;
     }
-    log::info!("restarted the control-plane static pods ({})", names.join(", "));
+    std::fs::remove_dir(&parked).with_context(|| format!("removing {}", parked.display()))?;
     Ok(())
 }
 
@@ -311,6 +342,26 @@ mod tests {
             "the kubelet was given time to stop the pods"
         );
         assert_eq!(s.status().certificates.unwrap().renewed, Some(expires - 20 * DAY));
+    }
+
+    /// A run cut off while the manifests were parked: the next run puts them back first.
+    #[test]
+    fn manifests_left_parked_by_a_cut_off_run_go_back() {
+        let s = control_plane();
+        let parked = s.paths.host(crate::paths::STATIC_PODS_PARKED);
+        std::fs::create_dir_all(&parked).unwrap();
+        std::fs::rename(
+            s.paths.host("/etc/kubernetes/manifests/kube-apiserver.yaml"),
+            parked.join("kube-apiserver.yaml"),
+        )
+        .unwrap();
+        std::fs::write(parked.join("etcd.yaml"), "kind: Pod\n").unwrap();
+        *s.clock.now.lock().unwrap() = 1_700_000_000;
+        answer(&s, &expiration("2024-11-13T00:00:00Z"));
+        run(&s.env(), 30).unwrap();
+        assert!(s.paths.host("/etc/kubernetes/manifests/kube-apiserver.yaml").exists());
+        assert!(s.paths.host("/etc/kubernetes/manifests/etcd.yaml").exists());
+        assert!(!parked.exists());
     }
 
     /// A renewal that did not move the date is an error, not a silent success.

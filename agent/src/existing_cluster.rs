@@ -1,24 +1,33 @@
-//! Is a cluster already serving at the VIP? The init control plane asks
-//! before `kubeadm init`, so that re-flashing its card never makes a second
+//! Is a cluster already serving? The init control plane asks before
+//! `kubeadm init`, so that re-flashing its card does not make a second
 //! cluster behind the same VIP (kubespray#10649 and #13516 are this problem).
 //!
-//! The question is answered by a TLS handshake with VIP:port, verified
-//! against the cluster CA from this node's card (`openssl s_client
-//! -verify_return_error`; the image has openssl for piha-apicheck already):
-//! - the handshake verifies: an API server of *this* cluster answers, so the
+//! It asks the VIP and every other control plane's own address (so a
+//! cluster whose directors are down is still found), each with a TLS
+//! handshake verified against the cluster CA from this node's card
+//! (`openssl s_client -verify_return_error`; the image has openssl for
+//! piha-apicheck already):
+//! - a handshake verifies: an API server of *this* cluster answers, so the
 //!   node joins it as a control plane instead of running `kubeadm init`;
-//! - the connection is refused, or nothing answers within the timeout:
-//!   nobody serves the VIP yet, so the node initialises the cluster;
-//! - a certificate that does not verify: another cluster (or something that
-//!   is not an API server) holds the VIP; the node stops and says so;
-//! - anything else (a reset mid-handshake, an unexpected error): unknown; the
-//!   step fails and is tried again rather than guessing.
+//! - every connection is refused, finds no host, or gets no answer within
+//!   the timeout: nobody serves yet, so the node initialises the cluster;
+//! - the VIP's certificate does not verify: another cluster (or something
+//!   that is not an API server) holds the VIP; the node stops and says so;
+//! - anything else (a reset mid-handshake, this node's own network not up,
+//!   another CA at a control plane's address): unclear; the step fails and
+//!   is tried again rather than guessing.
 //!
-//! Only the chain is checked, not the names: the chain proves the cluster.
+//! Only the chain is checked, not the names or the dates (`-no_check_time`):
+//! the chain proves the cluster, and an expired certificate of this cluster
+//! is still this cluster. What no probe can see (every other control plane
+//! powered off, the VIP with them) looks like "nobody": the node then
+//! initialises, as it would on the first day.
 
 use std::net::SocketAddrV4;
 
 use anyhow::Context;
+use piha_config::cluster::Role;
+use piha_config::node::NodeConfig;
 use piha_config::secrets::CA_CRT;
 use piha_runner::{Cmd, RunError};
 
@@ -44,6 +53,33 @@ pub enum Found {
     Unclear(String),
 }
 
+/// The VIP and every other control plane, as the module doc says.
+pub fn probe_cluster(env: &Env, cfg: &NodeConfig) -> anyhow::Result<Found> {
+    let vip = SocketAddrV4::new(cfg.cluster.vip, cfg.cluster.api_port);
+    let mut unclear = Vec::new();
+    let mut nobody = Vec::new();
+    match probe(env, vip)? {
+        Found::ThisCluster => return Ok(Found::ThisCluster),
+        Found::Foreign(said) => return Ok(Found::Foreign(said)),
+        Found::Unclear(said) => unclear.push(format!("{vip}: {said}")),
+        Found::Nobody(why) => nobody.push(why),
+    }
+    let others = cfg.peers.iter().filter(|p| p.role == Role::ControlPlane && p.name != cfg.node.name);
+    for peer in others {
+        let at = SocketAddrV4::new(peer.ip, cfg.cluster.api_port);
+        match probe(env, at)? {
+            Found::ThisCluster => return Ok(Found::ThisCluster),
+            Found::Foreign(said) | Found::Unclear(said) => unclear.push(format!("{} at {at}: {said}", peer.name)),
+            Found::Nobody(why) => nobody.push(why),
+        }
+    }
+    if unclear.is_empty() {
+        Ok(Found::Nobody(nobody.join("; ")))
+    } else {
+        Ok(Found::Unclear(unclear.join("; ")))
+    }
+}
+
 /// The TLS handshake with `vip`, against the card's cluster CA.
 pub fn probe(env: &Env, vip: SocketAddrV4) -> anyhow::Result<Found> {
     let ca = config_partition::read_secret(env.paths, CA_CRT)?;
@@ -54,7 +90,14 @@ pub fn probe(env: &Env, vip: SocketAddrV4) -> anyhow::Result<Found> {
     atomic::write(&path, &ca, Some(Perm::root(0o644))).with_context(|| format!("writing {}", path.display()))?;
     let cmd = Cmd::new("timeout")
         .arg(TIMEOUT_SECS.to_string())
-        .args(["openssl", "s_client", "-brief", "-verify_return_error", "-connect"])
+        .args([
+            "openssl",
+            "s_client",
+            "-brief",
+            "-verify_return_error",
+            "-no_check_time",
+            "-connect",
+        ])
         .arg(vip.to_string())
         .arg("-CAfile")
         .arg(&path)
@@ -76,18 +119,14 @@ pub fn classify(vip: SocketAddrV4, result: Result<piha_runner::Output, RunError>
     if lower.contains("exit status: 124") {
         return Found::Nobody(format!("nothing answered at {vip} within {TIMEOUT_SECS} s"));
     }
-    if [
-        "connection refused",
-        "errno=111",
-        "no route to host",
-        "errno=113",
-        "network is unreachable",
-    ]
-    .iter()
-    .any(|w| lower.contains(w))
-    {
+    if ["connection refused", "errno=111"].iter().any(|w| lower.contains(w)) {
         return Found::Nobody(format!("{vip} refused the connection"));
     }
+    if ["no route to host", "errno=113"].iter().any(|w| lower.contains(w)) {
+        return Found::Nobody(format!("no host answers for {vip}"));
+    }
+    // "Network is unreachable" (errno 101) is this node's own network not
+    // being up yet: it says nothing about the cluster, so it is unclear.
     if lower.contains("verify error") || lower.contains("certificate verify failed") || lower.contains("verification error") {
         return Found::Foreign(said.trim().to_string());
     }

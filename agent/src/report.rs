@@ -41,7 +41,7 @@ impl Reporter {
     /// previous status.json, so it counts boots of this card.
     pub fn start(paths: &Paths) -> Reporter {
         let path = paths.status_file();
-        let previous: Option<Status> = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let previous = read(&path);
         let boots = previous.as_ref().map_or(0, |s| s.boots).saturating_add(1);
         let mut status = Status {
             schema: STATUS_SCHEMA,
@@ -159,13 +159,25 @@ impl Reporter {
         self.write();
     }
 
+    /// The running step failed: its record gets the error and stderr tail.
+    /// Earlier failed records of the same step in this run are dropped, so a
+    /// node that retries for days keeps one record per step, the latest failure.
     fn record_failure(&mut self, err: &anyhow::Error) -> String {
         let message = format!("{err:#}");
         let stderr_tail = stderr_tail(err);
-        if let Some(step) = self.finish(Outcome::Failed) {
-            step.error = Some(message.clone());
-            step.stderr_tail = stderr_tail;
-        }
+        let Some(step) = self.finish(Outcome::Failed) else {
+            return message;
+        };
+        step.error = Some(message.clone());
+        step.stderr_tail = stderr_tail;
+        let name = step.name.clone();
+        let last = self.status.steps.len() - 1;
+        let mut i = 0;
+        self.status.steps.retain(|st| {
+            let keep = i == last || st.name != name || st.outcome != Outcome::Failed;
+            i += 1;
+            keep
+        });
         message
     }
 
@@ -205,6 +217,13 @@ impl Reporter {
     /// node from being set up, so a failure is logged, not returned.
     pub fn write(&mut self) {
         self.status.updated = now();
+        // `piha-agent certs` may have written a newer certificate check into
+        // the card's file since this run started: keep it.
+        if let Some(on_card) = read(&self.path).and_then(|s| s.certificates) {
+            if self.status.certificates.as_ref().is_none_or(|c| on_card.checked > c.checked) {
+                self.status.certificates = Some(on_card);
+            }
+        }
         let mut text = match serde_json::to_string_pretty(&self.status) {
             Ok(t) => t,
             Err(e) => {
@@ -218,6 +237,11 @@ impl Reporter {
             log::error!("cannot write {}: {e}", self.path.display());
         }
     }
+}
+
+/// The card's status.json, if it reads.
+fn read(path: &std::path::Path) -> Option<Status> {
+    std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok())
 }
 
 /// The stderr tail of the failing command anywhere in the error chain.

@@ -28,7 +28,7 @@ pub struct Backoff {
     pub initial: Duration,
     /// The pause doubles up to this.
     pub max: Duration,
-    /// Tries in total; `None` retries forever (the API wait of a joining node:
+    /// Tries in total; `None` retries forever (a failed step of the agent:
     /// the first control plane may come hours later, and giving up would only
     /// leave a failed node that needs a reboot).
     pub attempts: Option<u32>,

@@ -76,6 +76,8 @@ pub struct TestRunner {
     /// handshake that verifies; `Some(stderr)`, openssl failing with it.
     /// Default: refused, as when no cluster exists yet.
     pub vip_tls: Mutex<Option<String>>,
+    /// Per address (`10.0.2.12:6443`), overriding `vip_tls` for that address.
+    pub tls_at: Mutex<std::collections::BTreeMap<String, Option<String>>>,
 }
 
 impl TestRunner {
@@ -89,7 +91,17 @@ impl Runner for TestRunner {
         let out = self.rec.run(cmd);
         let line = cmd.display();
         if line.contains("openssl s_client") {
-            if let Some(stderr) = self.vip_tls.lock().unwrap().clone() {
+            let at = cmd
+                .args
+                .iter()
+                .skip_while(|a| *a != "-connect")
+                .nth(1)
+                .map(|a| a.to_string_lossy().into_owned());
+            let answer = match at.and_then(|a| self.tls_at.lock().unwrap().get(&a).cloned()) {
+                Some(answer) => answer,
+                None => self.vip_tls.lock().unwrap().clone(),
+            };
+            if let Some(stderr) = answer {
                 return Err(RunError::Failed {
                     command: line,
                     status: "exit status: 1".into(),
@@ -241,6 +253,7 @@ impl Scratch {
                 rec: rec.clone(),
                 failures: Mutex::new(Vec::new()),
                 vip_tls: Mutex::new(Some(VIP_REFUSED.to_string())),
+                tls_at: Mutex::new(Default::default()),
             },
             probe: TestProbe {
                 rec,

@@ -332,6 +332,9 @@ pub enum LabCommand {
         /// Minutes to wait for the node's agent.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Return once the VM is powered on, without waiting for its agent.
+        #[arg(long)]
+        no_wait: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,

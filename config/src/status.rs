@@ -10,6 +10,9 @@ use crate::cluster::Role;
 
 /// The file name on PIHA-CFG.
 pub const STATUS_FILE: &str = "status.json";
+/// Key in `versions`: set when the init control plane joined a cluster that
+/// already served instead of running `kubeadm init` (its card was replaced).
+pub const INIT_FACT: &str = "init";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -32,7 +32,10 @@ pub fn run(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
     if cfg.node.interface.is_none() {
         // The renderer's default VRRP interface is a guess (eth0); the NIC that
         // holds this node's address once identity applied the network is a fact.
-        if let Some(nic) = nic_holding_address(env, cfg) {
+        // On a later boot the address may not be up yet when the agent runs:
+        // then the interface the file already names stays, rather than the
+        // guess (a reload with VRRP on the wrong NIC would drop the VIP).
+        if let Some(nic) = nic_holding_address(env, cfg).or_else(|| interface_in_use(env)) {
             if let Some(conf) = keepalived::config_on(cfg, &nic).context("rendering keepalived.conf")? {
                 for f in rendered.iter_mut().filter(|f| f.path == KEEPALIVED_CONF) {
                     f.contents = conf.clone();
@@ -70,6 +73,17 @@ pub fn run(env: &Env, cfg: &NodeConfig) -> anyhow::Result<()> {
     let reals: Vec<&str> = service.real_servers.iter().map(|r| r.address.as_str()).collect();
     log::info!("IPVS: TCP {vip} {} -> [{}]", service.scheduler, reals.join(", "));
     Ok(())
+}
+
+/// The VRRP interface the current keepalived.conf names, if there is one.
+fn interface_in_use(env: &Env) -> Option<String> {
+    let text = std::fs::read_to_string(env.paths.host(KEEPALIVED_CONF)).ok()?;
+    let nic = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("interface "))
+        .map(|n| n.trim().to_string())?;
+    log::info!("keeping VRRP on {nic}, the interface keepalived.conf already names");
+    Some(nic)
 }
 
 /// The NIC holding the node's address, or `None` (logged) if it cannot be told.
@@ -156,6 +170,24 @@ mod tests {
             error.contains("does not list TCP 10.0.2.100:6443") && error.contains("journalctl -u keepalived"),
             "{error}"
         );
+    }
+
+    /// A later boot that runs before the address is up keeps the interface
+    /// keepalived.conf already names, and reloads nothing.
+    #[test]
+    fn a_boot_before_the_address_is_up_keeps_the_interface() {
+        let s = Scratch::new("lb1");
+        let listed = fixture("ipvsadm-Ln.txt").replace("10.10.197.101", "10.0.2.100");
+        s.runner.rec.respond("ip", stdout(&fixture("ip-addr.json")));
+        s.runner.rec.respond("ipvsadm", stdout(&listed));
+        assert_eq!(s.run(), Ending::Done);
+        assert!(s.read(KEEPALIVED_CONF).contains("interface ens3"));
+        s.clear_commands();
+        s.runner.rec.respond("ip", stdout("[]"));
+        s.runner.rec.respond("ipvsadm", stdout(&listed));
+        assert_eq!(s.run(), Ending::Done);
+        assert!(s.read(KEEPALIVED_CONF).contains("interface ens3"), "{}", s.read(KEEPALIVED_CONF));
+        assert!(!s.commands().iter().any(|c| c.contains("reload-or-restart")), "{:#?}", s.commands());
     }
 
     /// A control plane added to the cluster file: the director's card

@@ -16,7 +16,6 @@ use piha_runner::Cmd;
 
 use super::{Env, Step, kubeadm};
 use crate::agent::Refused;
-use crate::config_partition;
 use crate::files;
 use crate::retry::retry;
 use crate::state::{NodeIdentity, Store};
@@ -25,17 +24,12 @@ pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<()>
     let wanted = NodeIdentity::of(cfg);
     if let Some(joined) = &store.state.joined {
         if !same_member(joined, &wanted) {
-            // This board will never use the other node's secrets: they leave
-            // the card now, not when (if ever) that card reaches its node.
-            let scrubbed = match config_partition::scrub_secrets(env.paths) {
-                Ok(true) => " The card's secrets were overwritten and removed: re-stamping writes them again.".to_string(),
-                Ok(false) => String::new(),
-                Err(e) => format!(" The card's secrets could not be scrubbed: {e:#}."),
-            };
+            // Refused: this board will never use the other node's secrets,
+            // so they leave the card now (`agent::refuse`).
             return Err(Refused(format!(
                 "this board already joined as {} but the card now says {}: a node cannot silently change its cluster identity \
                  (fix: put the card stamped for {} back, or to re-purpose this board run `kubeadm reset -f` (directors: \
-                 `systemctl disable --now keepalived`), then `piha-agent reset`, re-stamp the card and reboot; or flash the image afresh).{scrubbed}",
+                 `systemctl disable --now keepalived`), then `piha-agent reset`, re-stamp the card and reboot; or flash the image afresh).",
                 joined.describe(),
                 wanted.describe(),
                 joined.name

@@ -1,8 +1,9 @@
 //! init-control-plane: the first control plane. First asks whether a
-//! cluster with this card's CA already serves the VIP (`existing_cluster`):
-//! if one does (the card was re-flashed, the cluster lives on in the other
-//! control planes), it joins that cluster as a control plane instead, and
-//! never makes a second cluster. Otherwise it places the CAs, runs
+//! cluster with this card's CA already serves the VIP or any other control
+//! plane's address (`existing_cluster`): if one does (the card was
+//! re-flashed, the cluster lives on in the other control planes), it joins
+//! that cluster as a control plane instead of making a second one. Otherwise
+//! it places the CAs, runs
 //! `kubeadm init`, brings up the realServer VIP once its own API server
 //! answers, and applies the CNI manifest rendered from node.yaml (Flannel,
 //! `piha_config::render::cni`), written with the role's files.
@@ -41,8 +42,7 @@ pub const CNI_FACT: &str = "cni";
 /// kubeadm run (so a later try never changes its mind half-way).
 pub const VIP_FREE: &str = "vip-free-init";
 pub const VIP_SERVED: &str = "vip-served-join";
-/// Fact key in status.json's versions when the node joined instead of init.
-pub const INIT_FACT: &str = "init";
+pub use piha_config::status::INIT_FACT;
 
 pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<Vec<(String, String)>> {
     let step = Step::InitControlPlane.name();
@@ -53,6 +53,7 @@ pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<Vec
         joiner.node.init = false;
         kubeadm::join_once(env, store, step, &joiner)?;
         kubeadm::start_realserver(env)?;
+        kubeadm::enable_cert_timer(env)?;
         return Ok(vec![(
             INIT_FACT.to_string(),
             format!(
@@ -69,8 +70,13 @@ pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<Vec
         kubeadm::reset_if_needed(env, store, step)?;
         kubeadm::place_pki(env, cfg)?;
         store.mark(step, STARTED)?;
-        vip_up = init_raising_vip(env, local)?;
+        let (init, vip) = init_raising_vip(env, local);
+        init?;
+        // kubeadm init succeeded: recorded before anything else can fail
+        // (raising the VIP included), so no later try ever resets a cluster
+        // that other nodes may already have joined.
         kubeadm::record_success(store, step)?;
+        vip_up = vip?;
     }
     kubeadm::forget_token(env, &token)?;
     if !vip_up {
@@ -78,6 +84,7 @@ pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<Vec
         wait_for_api("the local API server", local, &env.timings.local_api, env.probe, env.sleeper).map_err(anyhow::Error::msg)?;
         kubeadm::start_realserver(env)?;
     }
+    kubeadm::enable_cert_timer(env)?;
     let cni = apply_cni(env)?;
     Ok(vec![(CNI_FACT.to_string(), cni)])
 }
@@ -88,11 +95,13 @@ fn cluster_already_serves(env: &Env, cfg: &NodeConfig, store: &mut Store, step: 
     if store.has_mark(step, VIP_SERVED) {
         return Ok(true);
     }
-    if store.has_mark(step, VIP_FREE) || store.has_mark(step, STARTED) || store.has_mark(step, DONE) {
+    // Not STARTED: a re-stamped board carries an artificial STARTED mark
+    // (so kubeadm is reset first), and it must still ask.
+    if store.has_mark(step, VIP_FREE) || store.has_mark(step, DONE) {
         return Ok(false);
     }
     let vip = SocketAddrV4::new(cfg.cluster.vip, cfg.cluster.api_port);
-    match existing_cluster::probe(env, vip)? {
+    match existing_cluster::probe_cluster(env, cfg)? {
         Found::Nobody(why) => {
             log::info!("no cluster serves {vip} yet ({why}): this node initialises it");
             store.mark(step, VIP_FREE)?;
@@ -112,14 +121,16 @@ fn cluster_already_serves(env: &Env, cfg: &NodeConfig, store: &mut Store, step: 
         ))
         .into()),
         Found::Unclear(said) => anyhow::bail!(
-            "could not tell whether a cluster already serves {vip} (openssl s_client said: {said}); not running kubeadm init on a guess"
+            "could not tell whether a cluster already serves {vip} or the other control planes ({said}); not running kubeadm init on a guess"
         ),
     }
 }
 
 /// Runs `kubeadm init` and, concurrently, raises the VIP once the local API
-/// server answers. Returns whether the VIP went up during init.
-fn init_raising_vip(env: &Env, local: SocketAddrV4) -> anyhow::Result<bool> {
+/// server answers. Returns kubeadm's outcome and, apart, whether the VIP went
+/// up during init (or why raising it failed): a failed VIP must not hide a
+/// kubeadm init that worked.
+fn init_raising_vip(env: &Env, local: SocketAddrV4) -> (anyhow::Result<()>, anyhow::Result<bool>) {
     let cmd = kubeadm::command("init");
     std::thread::scope(|scope| {
         let init = scope.spawn(|| env.runner.run(&cmd));
@@ -135,11 +146,13 @@ fn init_raising_vip(env: &Env, local: SocketAddrV4) -> anyhow::Result<bool> {
                 .sleep(env.timings.local_api.pause(n).min(std::time::Duration::from_secs(2)));
             n += 1;
         }
-        let result = init
-            .join()
-            .map_err(|_| anyhow::anyhow!("the thread running kubeadm init panicked"))?;
-        result.context("kubeadm init failed; the next boot resets and tries again")?;
-        vip_up
+        let init = match init.join() {
+            Ok(result) => result
+                .map(drop)
+                .context("kubeadm init failed; the next try resets and runs it again"),
+            Err(_) => Err(anyhow::anyhow!("the thread running kubeadm init panicked")),
+        };
+        (init, vip_up)
     })
 }
 
@@ -338,7 +351,7 @@ mod tests {
         assert_eq!(s.run(), Ending::Done);
         let commands = s.commands();
         let probe = s
-            .position("timeout 10 openssl s_client -brief -verify_return_error -connect 10.0.2.100:6443 -CAfile")
+            .position("timeout 10 openssl s_client -brief -verify_return_error -no_check_time -connect 10.0.2.100:6443 -CAfile")
             .unwrap();
         let join = s.position("kubeadm join --config /etc/piha/kubeadm.yaml").expect("joined");
         assert!(probe < join, "{commands:#?}");
@@ -374,6 +387,36 @@ mod tests {
         );
     }
 
+    /// The directors are down (nobody at the VIP) but cp3 still serves this
+    /// cluster: found at its own address, and joined.
+    #[test]
+    fn a_cluster_found_at_another_control_planes_address_is_joined() {
+        let s = Scratch::new("cp1");
+        s.runner.tls_at.lock().unwrap().insert("10.0.2.13:6443".into(), None);
+        assert_eq!(s.run(), Ending::Done);
+        let probed: Vec<String> = s.commands().into_iter().filter(|c| c.contains("s_client")).collect();
+        assert_eq!(probed.len(), 3, "the VIP, cp2, cp3: {probed:#?}");
+        assert!(
+            probed[1].contains("-connect 10.0.2.12:6443") && probed[2].contains("-connect 10.0.2.13:6443"),
+            "{probed:#?}"
+        );
+        assert!(s.position("kubeadm join").is_some() && s.position("kubeadm init").is_none());
+    }
+
+    /// Nobody anywhere (the first day): every control plane was asked, then init.
+    #[test]
+    fn nobody_anywhere_means_init() {
+        let s = Scratch::new("cp1");
+        s.runner
+            .tls_at
+            .lock()
+            .unwrap()
+            .insert("10.0.2.12:6443".into(), Some("connect:errno=113\nNo route to host".into()));
+        assert_eq!(s.run(), Ending::Done);
+        assert_eq!(s.commands().iter().filter(|c| c.contains("s_client")).count(), 3);
+        assert!(s.position("kubeadm init").is_some());
+    }
+
     /// Another cluster's API server at the VIP: the node stops (no retry,
     /// nothing run), and status.json says what to do.
     #[test]
@@ -394,6 +437,9 @@ mod tests {
                 .any(|c| c.starts_with("kubeadm init") || c.starts_with("kubeadm join"))
         );
         assert!(!s.paths.host("/etc/kubernetes/pki/ca.key").exists());
+        // Refused: the card's CA keys leave it, as on every refusal.
+        assert!(!s.card.path().join("secrets").exists());
+        assert!(error.contains("secrets were overwritten and removed"), "{error}");
     }
 
     /// Neither answer (a reset mid-handshake): the step fails and is tried

@@ -1,4 +1,4 @@
-//! join-control-plane: place the CAs, wait (without limit) for the cluster's
+//! join-control-plane: place the CAs, wait for the cluster's
 //! API at VIP:port, `kubeadm join` with the control-plane config, and only
 //! then bring up the realServer VIP on lo and the health endpoint through
 //! which the directors admit this node (once its API server is ready).
@@ -15,7 +15,8 @@ use crate::state::Store;
 
 pub fn run(env: &Env, cfg: &NodeConfig, store: &mut Store) -> anyhow::Result<()> {
     kubeadm::join_once(env, store, Step::JoinControlPlane.name(), cfg)?;
-    kubeadm::start_realserver(env)
+    kubeadm::start_realserver(env)?;
+    kubeadm::enable_cert_timer(env)
 }
 
 #[cfg(test)]
@@ -46,7 +47,7 @@ mod tests {
             commands.iter().filter(|c| c.starts_with("#probe 10.0.2.100:6443 refused")).count(),
             9
         );
-        // The pauses double and stay at 30 s: a joining node waits without limit.
+        // The pauses double and stay at 30 s (then the step is tried again).
         let pauses = s.sleeper.0.lock().unwrap().clone();
         let secs: Vec<u64> = pauses.iter().map(Duration::as_secs).collect();
         assert_eq!(secs, vec![1, 2, 4, 8, 16, 30, 30, 30, 30]);

@@ -1,4 +1,4 @@
-//! join-worker: wait (without limit) for the cluster's API at VIP:port, then
+//! join-worker: wait for the cluster's API at VIP:port (tried again until it answers), then
 //! `kubeadm join`. A worker never gets the VIP: it is a client of it.
 
 use piha_config::node::NodeConfig;
@@ -42,7 +42,7 @@ mod tests {
 
     /// A card flashed after its token expired: the error says which command fixes it.
     #[test]
-    fn an_expired_token_names_piha_token_create() {
+    fn an_expired_token_says_how_to_register_it_again() {
         let s = Scratch::new("w1");
         let said = "error execution phase preflight: couldn't validate the identity of the API Server: token id \"abcdef\" is invalid for this cluster or it has expired. Use \"kubeadm token create\" on the control-plane node to create a new valid token";
         s.runner.fail_once("kubeadm join", said);
@@ -50,7 +50,7 @@ mod tests {
         assert_eq!(s.run(), Ending::Failed);
         let error = s.status().error.unwrap();
         assert!(
-            error.contains("piha token create --cluster") && error.contains("bootstrap_token_ttl"),
+            error.contains("sudo kubeadm token create TOKEN") && error.contains("bootstrap_token_ttl"),
             "{error}"
         );
     }

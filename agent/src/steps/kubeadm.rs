@@ -182,7 +182,6 @@ pub fn command(verb: &str) -> Cmd {
 /// server is ready. Both enabled, so they come back at every boot; `--now` is
 /// a no-op when they are already up. The endpoint checks the VIP and the API
 /// itself, so its order here only saves the directors a few failed checks.
-/// Then the control plane's daily certificate check (`piha-certs.timer`).
 pub fn start_realserver(env: &Env) -> anyhow::Result<()> {
     env.runner
         .run(&units::enable_now(REALSERVER_UNIT))
@@ -190,6 +189,11 @@ pub fn start_realserver(env: &Env) -> anyhow::Result<()> {
     env.runner
         .run(&units::enable_now(APICHECK_UNIT))
         .context("starting the health endpoint the directors check (piha-apicheck.service)")?;
+    Ok(())
+}
+
+/// A control plane's daily check and renewal of kubeadm's certificates.
+pub fn enable_cert_timer(env: &Env) -> anyhow::Result<()> {
     env.runner
         .run(&units::enable_now(CERTS_TIMER))
         .context("starting the daily certificate check (piha-certs.timer)")?;
@@ -197,9 +201,9 @@ pub fn start_realserver(env: &Env) -> anyhow::Result<()> {
 }
 
 /// `kubeadm join` for a worker or a joining control plane: waits for the API
-/// at the VIP (without limit), then joins; a failed join is reset and tried
-/// again a few times (e.g. etcd learner promotion timing out on a slow card),
-/// then the step fails and the next boot starts over.
+/// at the VIP (`Timings::remote_api`), then joins; a failed join is reset and
+/// tried again a few times (e.g. etcd learner promotion timing out on a slow
+/// card), then the step fails and the agent tries it again later.
 /// What both joining roles do: the role's files, kubelet enabled, then (once:
 /// the DONE mark makes it idempotent) wait for the API at VIP:port and
 /// `kubeadm join`.
@@ -237,8 +241,8 @@ pub fn join(env: &Env, store: &mut Store, step: &str, cfg: &NodeConfig, api: Soc
                 if e.stderr_tail().is_some_and(|t| t.contains(TOKEN_EXPIRED)) {
                     return Err(e).context(
                         "kubeadm join: the cluster no longer knows this card's bootstrap token (it lives `kubernetes.bootstrap_token_ttl` \
-                         from kubeadm init, or was deleted) (fix: on the workstation `piha token create --cluster <cluster file>`, \
-                         then re-stamp this card and reboot it)",
+                         from kubeadm init, or was deleted) (fix: on a control plane, `sudo kubeadm token create TOKEN` with the token \
+                         from the workstation's secrets/bootstrap-token: this node tries again by itself and joins)",
                     );
                 }
                 return Err(e).with_context(|| {

@@ -161,9 +161,10 @@ pub struct Timings {
     /// reboot is needed to recover), the pause capped at a minute, so a node
     /// notices a recovered cluster within a minute.
     pub step_tries: Backoff,
-    /// The API at VIP:port before a join, within one try of the step: about
-    /// three minutes, then the step fails with "did not answer" (shown in
-    /// status.json) and is tried again per `step_tries`.
+    /// The API at VIP:port before a join, within one try of the step: six
+    /// tries over about half a minute, then the step fails with "did not
+    /// answer" (shown in status.json as a retry) and is tried again per
+    /// `step_tries`, so a node waiting for its cluster shows it.
     pub remote_api: Backoff,
     /// The local API server after `kubeadm init` (kubeadm itself waited for it; this only confirms).
     pub local_api: Backoff,
@@ -194,7 +195,7 @@ impl Default for Timings {
         Timings {
             runtime_socket: Backoff::new(ms(250), s(5), Some(25)),
             step_tries: Backoff::new(s(5), s(60), None),
-            remote_api: Backoff::new(s(1), s(30), Some(10)),
+            remote_api: Backoff::new(s(1), s(30), Some(6)),
             local_api: Backoff::new(ms(500), s(10), Some(40)),
             cni_apply: Backoff::new(s(2), s(20), Some(8)),
             ipvs: Backoff::new(ms(500), s(5), Some(12)),

@@ -23,8 +23,15 @@ pub fn run(opts: &LabOpts) -> anyhow::Result<()> {
             node,
             cluster,
             timeout,
+            no_wait,
             json,
-        } => run_reflash(dir, node, cluster.as_deref(), *timeout, *json),
+        } => run_reflash(
+            dir,
+            node,
+            cluster.as_deref(),
+            (!*no_wait).then(|| Duration::from_secs(timeout * 60)),
+            *json,
+        ),
         LabCommand::Check { dir, json } => run_check(dir, *json),
         LabCommand::ServeTime { address } => timeserver::serve(*address),
     }
@@ -128,15 +135,15 @@ fn start(d: &LabDirArg, node: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_reflash(d: &LabDirArg, node: &str, cluster: Option<&std::path::Path>, timeout: u64, json: bool) -> anyhow::Result<()> {
+fn run_reflash(d: &LabDirArg, node: &str, cluster: Option<&std::path::Path>, wait: Option<Duration>, json: bool) -> anyhow::Result<()> {
     let dir = lab_dir(d)?;
-    let r = reflash::reflash(&dir, node, cluster, Duration::from_secs(timeout * 60), &SystemRunner)?;
+    let r = reflash::reflash(&dir, node, cluster, wait, &SystemRunner)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print!("{}", reflash::summary(&r));
     }
-    if r.phase != "done" {
+    if r.phase != "done" && wait.is_some() {
         bail!(
             "{node} did not come back: `piha lab status --dir {}` and its console",
             dir.root().display()

@@ -19,11 +19,16 @@ use super::node_status::{NodeStatus, Who};
 pub const ADMIN_USER: &str = "piha";
 
 /// What the node runs: its status.json, or the word `none` when the agent
-/// has not written one yet.
+/// has not written one yet. One `sudo`, so a sudo that refuses fails the
+/// command (and says why) instead of reading as "no status yet".
 pub fn read_command() -> String {
     let path = format!("{CONFIG_MOUNT}/{STATUS_FILE}");
-    format!("if sudo -n test -e {path}; then sudo -n cat {path}; else echo none; fi")
+    format!("sudo -n sh -c 'if test -e {path}; then cat {path}; else echo none; fi'")
 }
+
+/// The exit status ssh itself uses for its own failures (connection,
+/// authentication); anything else is the remote command's.
+const SSH_FAILED: &str = "exit status: 255";
 
 /// How a command reaches a node.
 pub trait Transport: Sync {
@@ -83,12 +88,19 @@ pub fn fetch(runner: &dyn Runner, transport: &dyn Transport, who: &Who, ip: Ipv4
             };
             NodeStatus::new(who, read, Some(true))
         }
+        Err(RunError::Failed { status, stderr_tail, .. }) if status != SSH_FAILED => NodeStatus::new(
+            who,
+            Err(format!(
+                "reading {CONFIG_MOUNT}/{STATUS_FILE} on the node failed ({status}): {}",
+                stderr_tail.trim()
+            )),
+            Some(true),
+        ),
         Err(e) => NodeStatus::new(who, Err(unreachable(&e)), Some(false)),
     }
 }
 
-/// ssh's own words for why it failed (exit status 255 is ssh's; anything
-/// else is the remote command's).
+/// ssh's own words for why it could not reach the node.
 fn unreachable(e: &RunError) -> String {
     match e {
         RunError::Failed { stderr_tail, status, .. } => {
@@ -118,7 +130,22 @@ mod tests {
             t.command(Ipv4Addr::new(10, 0, 2, 11), "true").display(),
             "ssh -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 -o ServerAliveCountMax=2 -l piha 10.0.2.11 true"
         );
-        assert!(read_command().contains("sudo -n cat /boot/piha/status.json"));
+        assert_eq!(
+            read_command(),
+            "sudo -n sh -c 'if test -e /boot/piha/status.json; then cat /boot/piha/status.json; else echo none; fi'"
+        );
+    }
+
+    /// Every command fails with this exit status and stderr.
+    struct Fails(&'static str, &'static str);
+    impl piha_runner::Runner for Fails {
+        fn run(&self, cmd: &Cmd) -> Result<Output, piha_runner::RunError> {
+            Err(piha_runner::RunError::Failed {
+                command: cmd.display(),
+                status: self.0.into(),
+                stderr_tail: self.1.into(),
+            })
+        }
     }
 
     struct Plain;
@@ -178,10 +205,20 @@ mod tests {
                 stderr: Vec::new(),
             }),
         );
-        runner.respond("ssh", Err("ssh: connect to host 10.0.2.23 port 22: No route to host".into()));
         let rows = fetch_all(&runner, &Plain, &[who("a")]);
         let rows2 = fetch_all(&runner, &Plain, &[who("b")]);
-        let rows3 = fetch_all(&runner, &Plain, &[who("c")]);
+        let rows3 = fetch_all(
+            &Fails("exit status: 255", "ssh: connect to host 10.0.2.23 port 22: No route to host"),
+            &Plain,
+            &[who("c")],
+        );
+        let sudo = fetch_all(&Fails("exit status: 1", "sudo: a password is required"), &Plain, &[who("d")]);
+        assert_eq!((sudo[0].phase.as_str(), sudo[0].reachable), ("unknown", Some(true)));
+        assert!(
+            sudo[0].error.as_deref().unwrap().contains("a password is required"),
+            "{:?}",
+            sudo[0]
+        );
         assert_eq!(
             (rows[0].phase.as_str(), rows[0].joined, rows[0].reachable),
             ("done", true, Some(true))

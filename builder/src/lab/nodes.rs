@@ -69,30 +69,27 @@ pub fn over_ssh(runner: &dyn Runner, dir: &LabDir, state: &LabState) -> Vec<Node
         dir,
         namespace: &state.namespace,
     };
+    // Which VMs run is read once: the rows fetched are matched by name.
     let running: Vec<(Who, Ipv4Addr)> = state
         .nodes
         .iter()
         .filter(|n| vm::running(dir, &n.name))
         .map(|n| (who(n), n.ip))
         .collect();
-    let mut fetched = remote::fetch_all(runner, &transport, &running).into_iter();
+    let mut fetched = remote::fetch_all(runner, &transport, &running);
     state
         .nodes
         .iter()
         .map(|n| {
-            let mut r = if vm::running(dir, &n.name) {
-                match fetched.next() {
-                    Some(r) if r.reachable == Some(true) => r,
-                    Some(failed) => {
-                        let mut r = row(dir, n);
-                        r.reachable = Some(false);
-                        r.unreachable = failed.unreachable;
-                        r
-                    }
-                    None => row(dir, n),
+            let mut r = match fetched.iter().position(|r| r.name == n.name).map(|i| fetched.swap_remove(i)) {
+                Some(r) if r.reachable == Some(true) => r,
+                Some(failed) => {
+                    let mut r = row(dir, n);
+                    r.reachable = Some(false);
+                    r.unreachable = failed.unreachable;
+                    r
                 }
-            } else {
-                row(dir, n)
+                None => row(dir, n),
             };
             r.vm = Some(vm_state(dir, n));
             r

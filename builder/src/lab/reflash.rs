@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use piha_config::secrets::CA_CRT;
-use piha_config::status::Status;
+use piha_config::status::{INIT_FACT, Status};
 use piha_runner::Runner;
 use serde::Serialize;
 
@@ -34,7 +34,8 @@ pub struct Reflashed {
     pub node: String,
     /// Seconds from the power cut until the agent settled.
     pub seconds: f64,
-    /// The agent's phase at the end (`done` unless it failed or timed out).
+    /// The agent's phase at the end (`done` unless it failed or timed out;
+    /// `not-waited` with `--no-wait`).
     pub phase: String,
     pub joined: bool,
     /// What the init control plane did, when it did not init (status.json's `init` fact).
@@ -49,7 +50,14 @@ pub struct Reflashed {
     pub vip_first_failure: Option<String>,
 }
 
-pub fn reflash(dir: &LabDir, node: &str, cluster_file: Option<&Path>, timeout: Duration, runner: &dyn Runner) -> anyhow::Result<Reflashed> {
+/// With `wait: None`, returns once the VM is powered on (phase `not-waited`).
+pub fn reflash(
+    dir: &LabDir,
+    node: &str,
+    cluster_file: Option<&Path>,
+    wait_for: Option<Duration>,
+    runner: &dyn Runner,
+) -> anyhow::Result<Reflashed> {
     super::up::require_root()?;
     let Some(state) = LabState::load(dir)? else {
         bail!(
@@ -110,7 +118,7 @@ pub fn reflash(dir: &LabDir, node: &str, cluster_file: Option<&Path>, timeout: D
     disk.make(runner, dir, identity)?;
     vm::power_on(runner, &n.argv).with_context(|| format!("powering on {node}"))?;
     eprintln!("piha lab: {node}: powered on with its new card");
-    let settled = wait(dir, &state, node, start, timeout);
+    let settled = wait_for.map(|timeout| wait(dir, &state, node, start, timeout));
     let end = Instant::now();
     let w = prober.window(start, end);
     drop(prober);
@@ -118,16 +126,16 @@ pub fn reflash(dir: &LabDir, node: &str, cluster_file: Option<&Path>, timeout: D
     Ok(Reflashed {
         node: node.to_string(),
         seconds: end.duration_since(start).as_secs_f64(),
-        phase: if settled {
-            status
+        phase: match settled {
+            Some(true) => status
                 .as_ref()
                 .map(|s| s.phase.as_str().to_string())
-                .unwrap_or_else(|| "none".into())
-        } else {
-            "timed-out".into()
+                .unwrap_or_else(|| "none".into()),
+            Some(false) => "timed-out".into(),
+            None => "not-waited".into(),
         },
         joined: status.as_ref().is_some_and(|s| s.joined),
-        init: status.as_ref().and_then(|s| s.versions.get("init").cloned()),
+        init: status.as_ref().and_then(|s| s.versions.get(INIT_FACT).cloned()),
         vip_requests: w.requests,
         vip_failed: w.failed,
         vip_longest_gap: w.longest_gap,
