@@ -1295,3 +1295,97 @@ echo "stale: $(ask)"
         "one line per change of verdict"
     );
 }
+
+/// `piha-agent certs`, the real binary, against the stand-in kubeadm on a
+/// node root: an API server certificate 10 days from expiry is renewed for a
+/// year through `kubeadm certs renew all`, the static pod manifests are back
+/// in place afterwards, and the dates reach the card's status.json.
+#[test]
+fn certs_renews_a_certificate_due_within_30_days_through_kubeadm() {
+    let root = tempfile::tempdir().unwrap();
+    make_ca(root.path(), KeyKind::Ec);
+    let out = kubeadm_config(root.path(), "init", &lab_config("cp1", free_port(), None), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pki = root.path().join("etc/kubernetes/pki");
+    // The stand-in's certificate, signed again to expire in 10 days.
+    let csr = root.path().join("short.csr");
+    for args in [
+        vec![
+            "x509",
+            "-x509toreq",
+            "-copy_extensions",
+            "copyall",
+            "-in",
+            "apiserver.crt",
+            "-signkey",
+            "apiserver.key",
+            "-out",
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-days",
+            "10",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-copy_extensions",
+            "copyall",
+            "-out",
+            "apiserver.crt",
+            "-in",
+        ],
+    ] {
+        let out = Command::new("openssl").args(args).arg(&csr).current_dir(&pki).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let card = tempfile::tempdir().unwrap();
+    std::fs::write(
+        card.path().join("status.json"),
+        r#"{"schema":2,"phase":"done","updated":1,"boots":1}"#,
+    )
+    .unwrap();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let out = Command::new(env!("CARGO_BIN_EXE_piha-agent"))
+        .args(["certs", "--root"])
+        .arg(root.path())
+        .arg("--config-dir")
+        .arg(card.path())
+        .env("PIHA_TEST_ROOT", root.path())
+        .env("PATH", format!("{}:{PATH}", overlay("test/usr/local/bin").display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("first to expire: apiserver on") && said.contains("renewed"), "{said}");
+    // A year now: valid for 300 more days.
+    let check = Command::new("openssl")
+        .args(["x509", "-noout", "-checkend", &(300 * 86_400).to_string(), "-in"])
+        .arg(pki.join("apiserver.crt"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "not renewed: {}", text(&check));
+    // Still this cluster's, with the same names.
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(pki.join("ca.crt"))
+        .arg(pki.join("apiserver.crt"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(sans(&pki.join("apiserver.crt")).contains(&"IP:10.0.2.100".to_string()));
+    assert!(root.path().join("etc/kubernetes/manifests/kube-apiserver.yaml").exists());
+    assert!(!root.path().join("etc/kubernetes/manifests.piha-parked").exists());
+    let status: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(card.path().join("status.json")).unwrap()).unwrap();
+    let c = &status["certificates"];
+    assert_eq!(c["first"], "apiserver", "{status:#}");
+    assert!(c["renewed"].as_u64().unwrap() >= started, "{status:#}");
+    assert!(c["expires"].as_u64().unwrap() > started + 300 * 86_400, "{status:#}");
+    let calls = calls(&root.path().join("var/lib/piha-test"));
+    let argv: Vec<String> = calls.iter().map(|c| c["argv"].to_string()).collect();
+    assert!(argv.iter().any(|a| a == r#"["certs","renew","all"]"#), "{argv:#?}");
+}
