@@ -132,15 +132,10 @@ pub fn run(env: &Env, renew_before_days: u64) -> anyhow::Result<Certificates> {
 fn restart_static_pods(env: &Env) -> anyhow::Result<()> {
     let manifests = env.paths.host(&format!("{KUBERNETES_DIR}/manifests"));
     let parked = env.paths.host(STATIC_PODS_PARKED);
-    let mut names: Vec<String> = match std::fs::read_dir(&manifests) {
-        Ok(d) => d
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".yaml"))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", manifests.display())),
+    let Some(mut names) = names_in(&manifests)? else {
+        return Ok(());
     };
+    names.retain(|n| n.ends_with(".yaml"));
     names.sort_by_key(|n| (n.starts_with("etcd"), n.clone()));
     atomic::create_dirs(&parked, atomic::Perm::root(0o700)).with_context(|| format!("creating {}", parked.display()))?;
     let parked_all = names.iter().try_for_each(|n| park(&manifests.join(n), &parked.join(n)));
@@ -160,13 +155,8 @@ fn restart_static_pods(env: &Env) -> anyhow::Result<()> {
 fn unpark(env: &Env) -> anyhow::Result<()> {
     let manifests = env.paths.host(&format!("{KUBERNETES_DIR}/manifests"));
     let parked = env.paths.host(STATIC_PODS_PARKED);
-    let mut names: Vec<String> = match std::fs::read_dir(&parked) {
-        Ok(d) => d
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", parked.display())),
+    let Some(mut names) = names_in(&parked)? else {
+        return Ok(());
     };
     names.sort_by_key(|n| (!n.starts_with("etcd"), n.clone()));
     if !names.is_empty() {
@@ -181,6 +171,19 @@ fn unpark(env: &Env) -> anyhow::Result<()> {
     }
     std::fs::remove_dir(&parked).with_context(|| format!("removing {}", parked.display()))?;
     Ok(())
+}
+
+/// The names in a directory; `None` when it does not exist.
+fn names_in(dir: &Path) -> anyhow::Result<Option<Vec<String>>> {
+    match std::fs::read_dir(dir) {
+        Ok(d) => Ok(Some(
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("listing {}", dir.display())),
+    }
 }
 
 fn park(from: &Path, to: &Path) -> anyhow::Result<()> {

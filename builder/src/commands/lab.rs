@@ -74,13 +74,7 @@ fn run_up(o: &LabUpOpts) -> anyhow::Result<()> {
 }
 
 fn loaded(dir: &LabDir) -> anyhow::Result<LabState> {
-    LabState::load(dir)?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "no lab in {}: start one with `piha lab up --cluster FILE --dir {}`",
-            dir.root().display(),
-            dir.root().display()
-        )
-    })
+    LabState::existing(dir)
 }
 
 fn status(d: &LabDirArg, json: bool) -> anyhow::Result<()> {

@@ -168,13 +168,7 @@ impl Lab<'_> {
 /// checked at all; a failed row is a row with `ok: false`.
 pub fn check(dir: &LabDir, runner: &dyn Runner) -> anyhow::Result<Vec<Row>> {
     super::up::require_root()?;
-    let Some(state) = LabState::load(dir)? else {
-        bail!(
-            "no lab in {}: start one with `piha lab up --cluster FILE --dir {}`",
-            dir.root().display(),
-            dir.root().display()
-        );
-    };
+    let state = LabState::existing(dir)?;
     let down: Vec<&str> = state
         .nodes
         .iter()

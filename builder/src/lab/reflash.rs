@@ -59,13 +59,7 @@ pub fn reflash(
     runner: &dyn Runner,
 ) -> anyhow::Result<Reflashed> {
     super::up::require_root()?;
-    let Some(state) = LabState::load(dir)? else {
-        bail!(
-            "no lab in {}: start one with `piha lab up --cluster FILE --dir {}`",
-            dir.root().display(),
-            dir.root().display()
-        );
-    };
+    let state = LabState::existing(dir)?;
     let n = state.node(node)?.clone();
     if !net::exists(runner, &state.namespace) {
         bail!(

@@ -90,6 +90,18 @@ impl LabState {
         Ok(Some(state))
     }
 
+    /// The lab's state; a directory without a lab is an error that says how
+    /// to start one.
+    pub fn existing(dir: &LabDir) -> anyhow::Result<LabState> {
+        Self::load(dir)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no lab in {}: start one with `piha lab up --cluster FILE --dir {}`",
+                dir.root().display(),
+                dir.root().display()
+            )
+        })
+    }
+
     pub fn save(&self, dir: &LabDir) -> anyhow::Result<()> {
         let mut text = serde_json::to_string_pretty(self).context("serializing the lab state")?;
         text.push('\n');
